@@ -1,0 +1,166 @@
+"""/api/create: turning either request form into one plan for `Store.create`.
+
+Ollama's current form names the GGUF blob (`files`) or a base model (`from`) plus template/system/parameters;
+the legacy form sends a Modelfile (`modelfile`). Both end in a CreatePlan. Paths are never read on the
+server's behalf: a Modelfile whose FROM is a path is refused, the client must upload the file as a blob first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+
+from offload.api.deps import AppState
+from offload.api.wire import OllamaCreate
+from offload.errors import BadRequest, BlobNotFound
+from offload.models.modelfile import coerce_parameter, parse_modelfile
+from offload.models.names import parse_name, validate_digest
+from offload.models.store import StoredModel
+
+_DIGEST_PREFIXES = ("sha256:", "sha256-", "@sha256:", "@sha256-")
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    name: str
+    model_digest: str
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    license: str | None = None
+    statuses: tuple[str, ...] = ()
+
+
+def looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~", ".\\")) or text.lower().endswith(".gguf") or "\\" in text
+
+
+def validated_parameters(parameters: Mapping[str, Any], prefix: str = "parameters.") -> dict[str, Any]:
+    """Each PARAMETER type-checked (`stop` becomes a list). Unknown keys are a 400 here, unlike request
+    options: a model should not be created with a setting that silently does nothing."""
+    checked: dict[str, Any] = {}
+    for key, value in parameters.items():
+        try:
+            checked[key] = coerce_parameter(key, value)
+        except BadRequest as exc:
+            raise BadRequest(exc.message, param=prefix + key) from exc
+    return checked
+
+
+def _license_text(value: str | list[str] | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    return "\n\n".join(value) or None
+
+
+async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
+    """Validate a create request and find the GGUF it builds on. Raises BadRequest, InvalidName,
+    InvalidDigest, InvalidModelfile, BlobNotFound, ModelNotFound."""
+    if not wire.target:
+        raise BadRequest("model is required", param="model")
+    name = str(parse_name(wire.target))
+    if wire.quantize:
+        raise BadRequest('invalid value for "quantize": quantizing is not supported', param="quantize")
+    if wire.adapters:
+        raise BadRequest(
+            'invalid value for "adapters": LoRA adapters are not supported yet', param="adapters"
+        )
+    if wire.messages:
+        raise BadRequest(
+            'invalid value for "messages": stored messages are not supported yet', param="messages"
+        )
+    license_text = _license_text(wire.license)
+    parameters = validated_parameters(wire.parameters or {})
+
+    if wire.files:
+        ggufs = [(file, digest) for file, digest in wire.files.items() if file.lower().endswith(".gguf")]
+        if len(ggufs) != 1 or len(wire.files) != 1:
+            raise BadRequest(
+                'invalid value for "files": exactly one .gguf file is supported (no safetensors, '
+                "no split GGUFs)",
+                param="files",
+            )
+        digest = validate_digest(ggufs[0][1])
+        await _require_blob(state, digest)
+        return CreatePlan(
+            name,
+            digest,
+            wire.template,
+            wire.system,
+            parameters,
+            license_text,
+            (f"using existing layer {digest}",),
+        )
+
+    if wire.from_:
+        return await _from_source(
+            state, name, wire.from_, wire.template, wire.system, parameters, license_text, ()
+        )
+
+    if wire.modelfile:
+        modelfile = parse_modelfile(wire.modelfile)
+        if modelfile.adapters:
+            raise BadRequest("ADAPTER is not supported yet", param="modelfile")
+        if modelfile.messages:
+            raise BadRequest("MESSAGE is not supported yet", param="modelfile")
+        merged = {**validated_parameters(modelfile.parameters, "modelfile.PARAMETER "), **parameters}
+        return await _from_source(
+            state,
+            name,
+            modelfile.from_,
+            wire.template or modelfile.template,
+            wire.system or modelfile.system,
+            merged,
+            license_text or modelfile.license,
+            ("parsing modelfile",),
+        )
+    raise BadRequest('one of "files", "from" or "modelfile" is required', param="from")
+
+
+async def _require_blob(state: AppState, digest: str) -> None:
+    if not await anyio.to_thread.run_sync(state.store.has_blob, digest):
+        raise BlobNotFound(f"blob {digest} not found: upload it with POST /api/blobs/{digest} first")
+
+
+async def _from_source(
+    state: AppState,
+    name: str,
+    source: str,
+    template: str | None,
+    system: str | None,
+    parameters: dict[str, Any],
+    license_text: str | None,
+    statuses: tuple[str, ...],
+) -> CreatePlan:
+    """FROM a blob digest (new layers only) or an existing model (its layers are the defaults)."""
+    if source.lower().startswith(_DIGEST_PREFIXES):
+        digest = validate_digest(source.lstrip("@"))
+        await _require_blob(state, digest)
+        return CreatePlan(
+            name,
+            digest,
+            template,
+            system,
+            parameters,
+            license_text,
+            (*statuses, f"using existing layer {digest}"),
+        )
+    if looks_like_path(source):
+        raise BadRequest(
+            f"FROM {source}: the server does not read local paths; upload the file with "
+            "/api/blobs first and use FROM @sha256:<digest> (the ollama CLI does this for you)",
+            param="from",
+        )
+    base: StoredModel = await state.resolve(source)
+    return CreatePlan(
+        name,
+        base.model_digest,
+        template if template is not None else base.template,
+        system if system is not None else base.system,
+        {**base.parameters, **parameters},
+        license_text if license_text is not None else base.license,
+        (*statuses, f"using existing layer {base.model_digest}"),
+    )

@@ -1,0 +1,195 @@
+"""Request options (Ollama `options`, OpenAI sampling params, Modelfile PARAMETERs) to the internal request.
+
+Layering, lowest first: `SamplingOptions` defaults (Ollama's), dialect defaults (OpenAI documents temperature
+and top_p 1.0), the model's Modelfile parameters, the request. Every value is type-checked by
+`models.modelfile.coerce_parameter` (shared with Modelfile parsing) and range-checked here; a bad value is a
+BadRequest whose `param` names the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from offload.errors import BadRequest
+from offload.generation import SamplingOptions
+from offload.models.modelfile import PARAMETER_TYPES, coerce_parameter
+
+log = logging.getLogger(__name__)
+
+_SAMPLING_KEYS = frozenset(
+    {
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+        "repeat_last_n",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+_UNIT_FRACTIONS = (0, 1)
+# Inclusive bounds per option; None means unbounded on that side.
+_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0, None),
+    "top_k": (0, None),
+    "top_p": _UNIT_FRACTIONS,
+    "min_p": _UNIT_FRACTIONS,
+    "typical_p": _UNIT_FRACTIONS,
+    "repeat_penalty": (0, None),
+    "repeat_last_n": (-1, None),  # -1: the whole context (Ollama)
+    "num_ctx": (1, None),
+    "num_predict": (-2, None),  # -1: no limit, -2: until the context is full (both: no limit here)
+    "seed": (-(2**63), 2**64 - 1),
+}
+_SEED_RANDOM = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedOptions:
+    """What the options of one request come to, ready for GenerateRequest/EmbedRequest."""
+
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    num_predict: int | None = None
+    stop: tuple[str, ...] = ()
+    num_ctx: int | None = None
+
+
+def resolve_options(
+    model_parameters: Mapping[str, Any],
+    request_options: Mapping[str, Any] | None,
+    *,
+    dialect_defaults: Mapping[str, Any] | None = None,
+    prefix: str = "options.",
+) -> ResolvedOptions:
+    """Merge and validate options. `prefix` is put before a bad key in the error's `param`.
+
+    Unknown keys are ignored with a debug log, as Ollama does: clients send engine knobs offload does not
+    have (low_vram, f16_kv, ...). Known keys that only matter to other engines are validated, then unused.
+    Modelfile parameters are trusted to have been validated when the model was created, but go through the
+    same checks (a hand-edited params layer must not crash a runner).
+    """
+    merged: dict[str, tuple[Any, str]] = {}
+    for source, where in (
+        (dialect_defaults or {}, ""),
+        (model_parameters, "parameters."),
+        (request_options or {}, prefix),
+    ):
+        for key, value in source.items():
+            if value is None:
+                continue
+            merged[key] = (value, where)
+
+    sampling = SamplingOptions()
+    num_predict: int | None = None
+    stop: tuple[str, ...] = ()
+    num_ctx: int | None = None
+    updates: dict[str, Any] = {}
+    for key, (raw, where) in merged.items():
+        param = where + key
+        if key == "stop":
+            stop = _stop_sequences(raw, param)
+            continue
+        if key not in PARAMETER_TYPES:
+            log.debug("ignoring unknown option %r", key)
+            continue
+        value = _checked(key, raw, param)
+        if key in _SAMPLING_KEYS:
+            updates[key] = value
+        elif key == "seed":
+            updates["seed"] = None if value <= _SEED_RANDOM else value
+        elif key == "num_predict":
+            num_predict = None if value < 0 else value
+        elif key == "num_ctx":
+            num_ctx = value
+    if updates:
+        sampling = replace(sampling, **updates)
+    return ResolvedOptions(sampling=sampling, num_predict=num_predict, stop=stop, num_ctx=num_ctx)
+
+
+def _checked(key: str, raw: Any, param: str) -> Any:
+    try:
+        value = coerce_parameter(key, raw)
+    except BadRequest as exc:
+        raise BadRequest(exc.message, param=param) from exc
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f'invalid value for "{param}": must be a finite number', param=param)
+    low, high = _BOUNDS.get(key, (None, None))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if low is not None and value < low:
+            raise BadRequest(f'invalid value for "{param}": must be at least {low}', param=param)
+        if high is not None and value > high:
+            raise BadRequest(f'invalid value for "{param}": must be at most {high}', param=param)
+    return value
+
+
+def _stop_sequences(raw: Any, param: str) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        raise BadRequest(f'invalid value for "{param}": expected a string or a list of strings', param=param)
+    # An empty stop string would end every generation at once; clients send [""] meaning "none".
+    return tuple(item for item in items if item)
+
+
+# Go's time.ParseDuration units, which Ollama's keep_alive strings use.
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+FOREVER = -1.0
+
+
+def parse_keep_alive(value: Any, *, param: str = "keep_alive") -> float | None:
+    """Ollama's keep_alive to seconds: None/"" -> None (server default), numbers are seconds, strings are
+    Go durations ("5m", "1h30m", "10s", "-1m"; a bare number string is seconds), negative -> FOREVER,
+    0 -> 0 (unload after this request). Raises BadRequest naming `param`."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadRequest(
+            f'invalid value for "{param}": expected a duration such as "5m" or seconds', param=param
+        )
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        seconds = _parse_duration(text, param)
+    else:
+        raise BadRequest(
+            f'invalid value for "{param}": expected a duration such as "5m" or seconds', param=param
+        )
+    if not math.isfinite(seconds):
+        raise BadRequest(f'invalid value for "{param}": must be finite', param=param)
+    return FOREVER if seconds < 0 else seconds
+
+
+def _parse_duration(text: str, param: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = 1.0
+    body = text
+    if body[0] in "+-":
+        sign = -1.0 if body[0] == "-" else 1.0
+        body = body[1:]
+    total = 0.0
+    position = 0
+    for match in _DURATION_PART.finditer(body):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(body) or not body:
+        raise BadRequest(
+            f'invalid value for "{param}": {text!r} is not a duration '
+            '(use e.g. "5m", "1h30m", "10s" or a number of seconds)',
+            param=param,
+        )
+    return sign * total

@@ -1,0 +1,265 @@
+"""Ollama's model management endpoints: tags, show, ps, copy, delete, blobs, create, pull, push.
+
+The store is synchronous (file I/O, hashing); every call into it runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from offload.api import ollama
+from offload.api.deps import AppState, get_state, parse_body
+from offload.api.errors import internal_error
+from offload.api.models_create import CreatePlan, plan_create
+from offload.api.streaming import ndjson, streaming_response
+from offload.api.wire import ModelRef, OllamaCopy, OllamaCreate, OllamaPull, OllamaShow
+from offload.errors import BadRequest, OffloadError
+from offload.models import starter
+from offload.models.gguf import GGUFFile, describe
+from offload.models.names import parse_name, validate_digest
+from offload.models.store import StoredModel
+from offload.models.templates import select_template
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+NDJSON = "application/x-ndjson"
+# A pull of a few hundred MB reports progress per chunk; clients need a few updates a second, not thousands.
+_PROGRESS_INTERVAL = 0.1
+
+
+async def _details(state: AppState, model: StoredModel) -> dict[str, Any]:
+    try:
+        return ollama.model_details(await state.gguf(model))
+    except OffloadError as exc:
+        log.warning("cannot read GGUF metadata of %s: %s", model.name, exc.message)
+        return ollama.model_details(None)
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> Response:
+    state = get_state(request)
+    models = await anyio.to_thread.run_sync(state.store.list)
+    entries = [ollama.tag_entry(model, await _details(state, model)) for model in models]
+    return JSONResponse({"models": entries})
+
+
+@router.post("/api/show")
+async def show(request: Request) -> Response:
+    state = get_state(request)
+    wire = await parse_body(request, OllamaShow)
+    stored = await state.resolve(wire.target)
+    info = await state.gguf(stored)
+    template = select_template(info, stored.template)
+    return JSONResponse(
+        ollama.show_response(stored, info, describe(info), template, verbose=bool(wire.verbose))
+    )
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> Response:
+    state = get_state(request)
+    entries = []
+    for running in state.scheduler.running():
+        digest = running.model_digest
+        info: GGUFFile | None = None
+        try:
+            stored = await anyio.to_thread.run_sync(state.store.get, running.name)
+            digest = stored.digest
+            info = await state.gguf(stored)
+        except OffloadError as exc:
+            # Deleted or replaced while loaded: still listed, with what the scheduler knows.
+            log.debug("no stored model for running %s: %s", running.name, exc.message)
+        entries.append(
+            ollama.ps_entry(
+                running.name,
+                digest=digest,
+                size=running.size,
+                size_vram=running.size_vram,
+                expires_at=running.expires_at,
+                context_length=running.context_length,
+                placement=running.placement,
+                details=ollama.model_details(info),
+            )
+        )
+    return JSONResponse({"models": entries})
+
+
+@router.post("/api/copy")
+async def copy(request: Request) -> Response:
+    state = get_state(request)
+    wire = await parse_body(request, OllamaCopy)
+    source = await state.resolve(wire.source)
+    await anyio.to_thread.run_sync(state.store.copy, source.name, wire.destination)
+    return Response(status_code=200)
+
+
+@router.delete("/api/delete")
+async def delete(request: Request) -> Response:
+    state = get_state(request)
+    wire = await parse_body(request, ModelRef)
+    if not wire.target:
+        raise BadRequest("model is required", param="model")
+    stored = await anyio.to_thread.run_sync(state.store.get, wire.target)
+    # Unload first: a runner must not keep serving (and mapping) a model that is no longer listed.
+    await state.scheduler.unload(str(stored.name))
+    await anyio.to_thread.run_sync(state.store.delete, stored.name)
+    return Response(status_code=200)
+
+
+@router.head("/api/blobs/{digest}")
+async def has_blob(digest: str, request: Request) -> Response:
+    state = get_state(request)
+    checked = validate_digest(digest)
+    exists = await anyio.to_thread.run_sync(state.store.has_blob, checked)
+    return Response(status_code=200 if exists else 404)
+
+
+class _BlockingBody:
+    """The request body as a blocking iterator of bytes, for the worker thread that hashes and writes it."""
+
+    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+        self._stream = stream
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await anext(self._stream)
+        except StopAsyncIteration:
+            return None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        piece = anyio.from_thread.run(self._next)
+        if piece is None:
+            raise StopIteration
+        return piece
+
+
+@router.post("/api/blobs/{digest}")
+async def upload_blob(digest: str, request: Request) -> Response:
+    """Stream the body into the blob store, checking the digest as it goes (mismatch: 400, nothing kept)."""
+    state = get_state(request)
+    checked = validate_digest(digest)
+    body = _BlockingBody(request.stream())
+    await anyio.to_thread.run_sync(partial(state.store.write_blob, body, expected_digest=checked))
+    return Response(status_code=201)
+
+
+@router.post("/api/create")
+async def create(request: Request) -> Response:
+    """Create a model from an uploaded GGUF blob or an existing model; statuses are sent once it is done
+    (everything is local, so there is nothing slow to report progress on)."""
+    state = get_state(request)
+    wire = await parse_body(request, OllamaCreate)
+    plan: CreatePlan = await plan_create(state, wire)
+    statuses = list(plan.statuses)
+    stored = await anyio.to_thread.run_sync(
+        partial(
+            state.store.create,
+            plan.name,
+            model_digest=plan.model_digest,
+            template=plan.template,
+            system=plan.system,
+            parameters=plan.parameters,
+            license=plan.license,
+        )
+    )
+    log.info("created %s from %s", stored.name, plan.model_digest)
+    statuses += ["writing manifest", "success"]
+    if wire.stream is False:
+        return JSONResponse({"status": "success"})
+    return streaming_response(_lines([ollama.status_line(s) for s in statuses]), NDJSON)
+
+
+async def _lines(objects: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+    for obj in objects:
+        yield ndjson(obj)
+
+
+@router.post("/api/push")
+async def push(request: Request) -> Response:
+    raise BadRequest("pushing models to a registry is not supported")
+
+
+@router.post("/api/pull")
+async def pull(request: Request) -> Response:
+    state = get_state(request)
+    wire = await parse_body(request, OllamaPull)
+    if not wire.target:
+        raise BadRequest("model is required", param="model")
+    name = parse_name(wire.target)
+    if str(name) != starter.STARTER_NAME:
+        raise BadRequest(
+            f'cannot pull "{name}": pulling from registries is not supported yet; only the starter model '
+            f"{starter.STARTER_NAME} can be pulled. Import a GGUF with /api/blobs and /api/create instead.",
+            param="model",
+        )
+    if not starter.starter_available():
+        # Raises StarterUnavailable (with the install hint) unless the model is already in the store.
+        await anyio.to_thread.run_sync(starter.ensure_starter, state.store)
+    if wire.stream is False:
+        await anyio.to_thread.run_sync(starter.ensure_starter, state.store)
+        return JSONResponse({"status": "success"})
+    return streaming_response(_pull_stream(state), NDJSON)
+
+
+async def _pull_stream(state: AppState) -> AsyncIterator[bytes]:
+    """Ollama's pull statuses around `ensure_starter`, whose byte progress arrives from a worker thread."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    digest = "sha256:" + starter.STARTER_SHA256
+    label = f"pulling {starter.STARTER_SHA256[:12]}"
+    last = 0.0
+
+    def progress(completed: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if completed < total and now - last < _PROGRESS_INTERVAL:
+            return
+        last = now
+        line = ollama.status_line(label, digest=digest, total=total, completed=completed)
+        loop.call_soon_threadsafe(queue.put_nowait, line)
+
+    yield ndjson(ollama.status_line("pulling manifest"))
+    # Runs to completion even if the client leaves: a half-pulled model would only be pulled again.
+    task = asyncio.ensure_future(asyncio.to_thread(starter.ensure_starter, state.store, progress))
+    task.add_done_callback(_finish(queue))
+    reported = False
+    while (line := await queue.get()) is not None:
+        reported = True
+        yield ndjson(line)
+    try:
+        stored = task.result()
+    except OffloadError as exc:
+        yield ndjson({"error": exc.message})
+        return
+    except Exception:
+        log.exception("pulling %s failed", starter.STARTER_NAME)
+        yield ndjson({"error": internal_error().message})
+        return
+    if not reported:
+        yield ndjson(ollama.status_line(label, digest=digest, total=stored.size, completed=stored.size))
+    for status in ("verifying sha256 digest", "writing manifest", "success"):
+        yield ndjson(ollama.status_line(status))
+
+
+def _finish(queue: asyncio.Queue[dict[str, Any] | None]) -> Callable[[asyncio.Future[StoredModel]], None]:
+    def done(task: asyncio.Future[StoredModel]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("starter import failed: %s", task.exception())
+        queue.put_nowait(None)
+
+    return done

@@ -1,0 +1,209 @@
+"""OpenAI's endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from offload.api import ollama, openai
+from offload.api.deps import AppState, get_state, parse_body
+from offload.api.errors import openai_body
+from offload.api.options import resolve_options
+from offload.api.streaming import CLIENT_GONE, Generation, collect, encode_stream, sse, streaming_response
+from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIEmbeddings
+from offload.errors import BadRequest, OffloadError
+from offload.generation import Chunk, EmbedRequest, GenerateRequest
+from offload.models.store import StoredModel
+from offload.models.templates import render_chat, select_template
+
+router = APIRouter()
+
+SSE = "text/event-stream"
+DONE = sse("[DONE]")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    started = time.monotonic()
+    state = get_state(request)
+    wire = await parse_body(request, OpenAIChat)
+    requested = openai.chat_options(wire)
+    stored = await state.resolve(wire.model)
+    messages = openai.chat_messages(wire.messages, stored.system)
+    opts = resolve_options(stored.parameters, requested, dialect_defaults=openai.DEFAULTS, prefix="")
+    info = await state.gguf(stored)
+    template = select_template(info, stored.template)
+    prompt = render_chat(template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+    internal = ollama.generate_request(str(stored.name), prompt, opts, keep_alive=None)
+    generation = await _start(state, stored, internal, started)
+    completion_id, created = openai.new_id("chatcmpl"), int(time.time())
+    if not wire.stream:
+        outcome = await collect(generation, request)
+        if outcome is None:
+            return Response(status_code=CLIENT_GONE)
+        text, final = outcome
+        return JSONResponse(openai.chat_completion(completion_id, created, wire.model, text, final))
+
+    include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
+
+    def encode(chunk: Chunk) -> list[bytes]:
+        out = []
+        if chunk.text:
+            out.append(
+                sse(
+                    openai.chat_chunk(
+                        completion_id, created, wire.model, {"content": chunk.text}, with_usage=include_usage
+                    )
+                )
+            )
+        if chunk.done:
+            out.append(
+                sse(
+                    openai.chat_chunk(
+                        completion_id,
+                        created,
+                        wire.model,
+                        {},
+                        openai.finish_reason(chunk),
+                        with_usage=include_usage,
+                    )
+                )
+            )
+            if include_usage:
+                out.append(
+                    sse(
+                        openai.usage_chunk("chat.completion.chunk", completion_id, created, wire.model, chunk)
+                    )
+                )
+            out.append(DONE)
+        return out
+
+    head = [
+        sse(
+            openai.chat_chunk(
+                completion_id,
+                created,
+                wire.model,
+                {"role": "assistant", "content": ""},
+                with_usage=include_usage,
+            )
+        )
+    ]
+    return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    """Raw completion: the prompt goes to the model as it is, no chat template."""
+    started = time.monotonic()
+    state = get_state(request)
+    wire = await parse_body(request, OpenAICompletion)
+    requested = openai.completion_options(wire)
+    prompt = openai.completion_prompt(wire.prompt)
+    stored = await state.resolve(wire.model)
+    opts = resolve_options(stored.parameters, requested, dialect_defaults=openai.DEFAULTS, prefix="")
+    internal = ollama.generate_request(str(stored.name), prompt, opts, keep_alive=None)
+    generation = await _start(state, stored, internal, started)
+    completion_id, created = openai.new_id("cmpl"), int(time.time())
+    echoed = prompt if wire.echo else ""
+    if not wire.stream:
+        outcome = await collect(generation, request)
+        if outcome is None:
+            return Response(status_code=CLIENT_GONE)
+        text, final = outcome
+        return JSONResponse(openai.text_completion(completion_id, created, wire.model, echoed + text, final))
+
+    include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
+
+    def encode(chunk: Chunk) -> list[bytes]:
+        out = []
+        if chunk.text:
+            out.append(
+                sse(
+                    openai.completion_chunk(
+                        completion_id, created, wire.model, chunk.text, with_usage=include_usage
+                    )
+                )
+            )
+        if chunk.done:
+            out.append(
+                sse(
+                    openai.completion_chunk(
+                        completion_id,
+                        created,
+                        wire.model,
+                        "",
+                        openai.finish_reason(chunk),
+                        with_usage=include_usage,
+                    )
+                )
+            )
+            if include_usage:
+                out.append(
+                    sse(openai.usage_chunk("text_completion", completion_id, created, wire.model, chunk))
+                )
+            out.append(DONE)
+        return out
+
+    head = (
+        [sse(openai.completion_chunk(completion_id, created, wire.model, echoed, with_usage=include_usage))]
+        if echoed
+        else []
+    )
+    return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE)
+
+
+async def _start(
+    state: AppState, stored: StoredModel, internal: GenerateRequest, started: float
+) -> Generation:
+    return await Generation.start(
+        state.scheduler.generate(stored, internal),
+        model=str(stored.name),
+        metrics=state.metrics,
+        started=started,
+    )
+
+
+def _encode_error(error: OffloadError) -> bytes:
+    return sse(openai_body(error))
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    state = get_state(request)
+    wire = await parse_body(request, OpenAIEmbeddings)
+    inputs = openai.embedding_inputs(wire.input)
+    openai.encode_embedding([], wire.encoding_format)  # reject an unknown format before any work
+    if wire.dimensions is not None:
+        raise BadRequest(
+            'invalid value for "dimensions": truncating embeddings is not supported yet', param="dimensions"
+        )
+    stored = await state.resolve(wire.model)
+    opts = resolve_options(stored.parameters, {}, prefix="")
+    result = await state.scheduler.embed(
+        stored, EmbedRequest(model=str(stored.name), inputs=inputs, num_ctx=opts.num_ctx)
+    )
+    return JSONResponse(
+        openai.embeddings_response(
+            wire.model, result.embeddings, result.prompt_eval_count, wire.encoding_format
+        )
+    )
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    state = get_state(request)
+    models = await anyio.to_thread.run_sync(state.store.list)
+    return JSONResponse(openai.model_list(models))
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> Response:
+    state = get_state(request)
+    stored = await anyio.to_thread.run_sync(state.store.get, model)
+    body: dict[str, Any] = openai.model_object(stored)
+    return JSONResponse(body)
