@@ -1,0 +1,1 @@
+"""Model store, names, GGUF metadata, Modelfiles, the starter model."""
