@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -151,10 +152,18 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise validation_error(exc) from exc
 
 
+# pydantic puts the union member tried into `loc` ("stop.str", "input.list[str].0"); clients know fields only.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[A-Za-z-]+\[.*\])$")
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
 def validation_error(exc: ValidationError) -> BadRequest:
     """The first pydantic error as a BadRequest whose message and `param` name the field."""
     first = exc.errors(include_url=False)[0]
-    loc = ".".join(str(part) for part in first.get("loc", ()))
+    loc = ".".join(str(part) for part in first.get("loc", ()) if not _is_union_tag(part))
     message = str(first.get("msg", "invalid value"))
     if not loc:
         return BadRequest(f"invalid request body: {message}")

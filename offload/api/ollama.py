@@ -49,7 +49,8 @@ def check_format(value: Any) -> None:
 def check_no_images(images: Sequence[str] | None, param: str) -> None:
     if images:
         raise UnsupportedByModel(
-            "images are not supported: offload serves text-only models for now", param=param
+            f'invalid value for "{param}": images are not supported (offload serves text-only models so far)',
+            param=param,
         )
 
 

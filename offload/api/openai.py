@@ -96,7 +96,8 @@ def _content_text(content: str | list[dict[str, Any]] | None, param: str) -> str
             texts.append(part["text"])
         elif kind in {"image_url", "input_audio", "file"}:
             raise UnsupportedByModel(
-                f"content parts of type {kind!r} are not supported: offload serves text-only models for now",
+                f'invalid value for "{param}.{index}.type": {kind!r} content is not supported '
+                "(offload serves text-only models for now)",
                 param=f"{param}.{index}.type",
             )
         else:

@@ -101,6 +101,7 @@ class Generation:
             while True:
                 if chunk.done:
                     self._metrics.observe_final(self.model, chunk)
+                    await self._finish_source()
                     yield chunk
                     return
                 yield chunk
@@ -110,6 +111,15 @@ class Generation:
                     raise RunnerError("the generation ended without a final result") from None
         finally:
             await aclose_quietly(self._source)
+
+    async def _finish_source(self) -> None:
+        """Let the source end on its own after the final chunk, so the scheduler sees a completed generation
+        rather than one closed early (which it would treat as a cancellation)."""
+        try:
+            extra = await anext(self._source)
+        except StopAsyncIteration:
+            return
+        log.warning("ignoring output after the final chunk of %s: %r", self.model, extra)
 
 
 async def collect(generation: Generation, request: Request) -> tuple[str, Chunk] | None:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from offload.api import create_app
-from offload.config import Settings
+from offload.config import Settings, load_settings
 from offload.models.store import Store, StoredModel
 from tests.fakes.scheduler import FakeScheduler
 from tests.fixtures.gguf_files import write_tiny_gguf
@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
+    return load_settings(home=tmp_path / "home")
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""Plain endpoints, error mapping for unexpected failures, metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from offload.api import app as app_module
+from tests.fakes.scheduler import FakeScheduler
+
+
+def test_root_health_version(client: TestClient) -> None:
+    root = client.get("/")
+    assert root.status_code == 200
+    assert root.text == "offload is running"
+    assert client.head("/").status_code == 200
+    assert client.get("/health").json() == {"status": "ok"}
+    version = client.get("/api/version").json()["version"]
+    assert version == app_module.version()
+    assert version
+
+
+def test_unexpected_error_is_a_generic_500(
+    client: TestClient,
+    scheduler: FakeScheduler,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken_load(model: object, keep_alive: object) -> int:
+        raise RuntimeError("secret detail /home/me")
+
+    async def broken_embed(model: object, request: object) -> object:
+        raise RuntimeError("secret detail /home/me")
+
+    monkeypatch.setattr(scheduler, "load", broken_load)
+    monkeypatch.setattr(scheduler, "embed", broken_embed)
+    with caplog.at_level(logging.ERROR):
+        ollama_style = client.post("/api/generate", json={"model": "tiny"})
+    assert ollama_style.status_code == 500
+    assert "secret" not in ollama_style.text
+    assert set(ollama_style.json()) == {"error"}
+    assert "secret detail" in caplog.text  # the traceback is in the log
+    openai_style = client.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
+    assert openai_style.status_code == 500
+    assert "secret" not in openai_style.text
+    assert openai_style.json()["error"]["type"] == "server_error"
+
+
+def test_unknown_route_and_method_in_ollama_shape(client: TestClient) -> None:
+    missing = client.get("/api/nothing")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"error"}
+    assert client.get("/api/generate").status_code == 405
+
+
+def test_oversized_body_is_refused(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("offload.api.deps.MAX_JSON_BODY", 100)
+    response = client.post("/api/generate", json={"model": "tiny", "prompt": "x" * 200})
+    assert response.status_code == 400
+    assert "larger than" in response.json()["error"]
+
+
+def test_metrics(client: TestClient) -> None:
+    client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    client.post("/api/generate", json={"model": "nope", "prompt": "x"})
+    text = client.get("/metrics").text
+    assert 'offload_http_requests_total{method="POST",route="/api/generate",status="200"} 1.0' in text
+    assert 'offload_http_requests_total{method="POST",route="/api/generate",status="404"} 1.0' in text
+    assert 'offload_generated_tokens_total{model="tiny:latest"} 3.0' in text
+    assert 'offload_prompt_tokens_total{model="tiny:latest"} 5.0' in text
+    assert 'offload_time_to_first_token_seconds_count{model="tiny:latest"} 1.0' in text
