@@ -1,0 +1,7 @@
+"""`python -m offload` runs the command line, exactly like the `offload` console script."""
+
+from __future__ import annotations
+
+from offload.cli import main
+
+main()

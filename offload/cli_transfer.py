@@ -1,0 +1,116 @@
+"""The client side of `offload create` and `offload pull`: Modelfiles, blob uploads, streamed statuses.
+
+Like Ollama's CLI, `create` does the file work on the client: it parses the Modelfile, hashes a GGUF that
+FROM names, uploads it only if the server lacks that blob (HEAD, then POST /api/blobs/<digest>), and
+sends /api/create a request that names blobs by digest. Failures raise ClientError with a printable message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+from offload.client import ApiClient, ClientError
+
+HASH_CHUNK = 1 << 20
+MODELFILE_LIMIT = 1 << 20  # parse_modelfile refuses more; read no further than that
+
+
+def _bar(console: Console) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    return Progress(*columns, console=console)
+
+
+def sha256_file(path: Path, advance: Callable[[int], None] | None = None) -> str:
+    """ "sha256:<hex>" of the file, read in 1 MiB blocks; `advance(n)` after each."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(HASH_CHUNK):
+            digest.update(block)
+            if advance is not None:
+                advance(len(block))
+    return "sha256:" + digest.hexdigest()
+
+
+def from_path(value: str, base: Path) -> Path | None:
+    """FROM names a model, unless it is an existing file (relative to `base`) or looks like a path."""
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    if candidate.exists():
+        if not candidate.is_file():
+            raise ClientError(f"FROM {value}: not a regular file (offload imports GGUF files)")
+        return candidate
+    if value.startswith((".", "/", "~")) or value.lower().endswith(".gguf"):
+        raise ClientError(f"FROM {value}: no such file ({candidate})")
+    return None
+
+
+def read_modelfile(path: Path, body: dict[str, Any]) -> Path | None:
+    """Fill the /api/create `body` from the Modelfile at `path`; return the GGUF path if FROM names a file."""
+    from offload.errors import InvalidModelfile
+    from offload.models.modelfile import parse_modelfile
+
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MODELFILE_LIMIT + 1)
+        parsed = parse_modelfile(raw.decode("utf-8"))
+    except OSError as exc:
+        raise ClientError(f"{path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ClientError(f"{path}: not UTF-8 text") from exc
+    except InvalidModelfile as exc:
+        raise ClientError(f"{path}: {exc.message}") from exc
+    if parsed.adapters:
+        raise ClientError(f"{path}: ADAPTER is not supported yet")
+    for key in ("template", "system", "license"):
+        value = getattr(parsed, key)
+        if value is not None:
+            body[key] = value
+    if parsed.parameters:
+        body["parameters"] = dict(parsed.parameters)
+    if parsed.messages:
+        body["messages"] = [{"role": role, "content": content} for role, content in parsed.messages]
+    gguf = from_path(parsed.from_, path.resolve().parent)
+    if gguf is None:
+        body["from"] = parsed.from_
+    return gguf
+
+
+def upload(api: ApiClient, path: Path, console: Console) -> str:
+    """Hash the file, send it unless the server already holds that blob, and return its digest."""
+    if not path.is_file():
+        raise ClientError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    with _bar(console) as bar:
+        hashing = bar.add_task(f"hashing {path.name}", total=size)
+        digest = sha256_file(path, lambda n: bar.advance(hashing, n))
+        if not api.has_blob(digest):
+            sending = bar.add_task(f"uploading {path.name}", total=size)
+            api.upload_blob(path, digest, lambda n: bar.advance(sending, n))
+    return digest
+
+
+def show_statuses(lines: Generator[dict[str, Any], None, None], console: Console) -> None:
+    """Print each new `status`; lines with total/completed drive one progress bar per digest."""
+    tasks: dict[str, TaskID] = {}
+    last = ""
+    with closing(lines), _bar(console) as bar:
+        for obj in lines:
+            status = str(obj.get("status") or "")
+            total = obj.get("total")
+            if isinstance(total, int) and total > 0:
+                key = str(obj.get("digest") or status)
+                if key not in tasks:
+                    tasks[key] = bar.add_task(status, total=total)
+                completed = obj.get("completed")
+                bar.update(tasks[key], completed=completed if isinstance(completed, int) else 0)
+            elif status and status != last:
+                bar.console.print(status, markup=False, highlight=False)
+            last = status
