@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -97,7 +98,7 @@ class AppState:
         """The GGUF metadata of a stored model, read once per GGUF digest. Raises InvalidGGUF."""
         return await self.gguf_by_digest(model.model_digest, model.model_path)
 
-    async def gguf_by_digest(self, digest: str, path: Any) -> GGUFFile:
+    async def gguf_by_digest(self, digest: str, path: Path) -> GGUFFile:
         cached = self._gguf_cache.get(digest)
         if cached is not None:
             self._gguf_cache.move_to_end(digest)

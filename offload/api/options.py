@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from offload import durations
 from offload.errors import BadRequest
 from offload.generation import SamplingOptions
 from offload.models.modelfile import PARAMETER_TYPES, coerce_parameter
@@ -137,59 +137,11 @@ def _stop_sequences(raw: Any, param: str) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
-# Go's time.ParseDuration units, which Ollama's keep_alive strings use.
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-FOREVER = -1.0
-
-
 def parse_keep_alive(value: Any, *, param: str = "keep_alive") -> float | None:
-    """Ollama's keep_alive to seconds: None/"" -> None (server default), numbers are seconds, strings are
-    Go durations ("5m", "1h30m", "10s", "-1m"; a bare number string is seconds), negative -> FOREVER,
-    0 -> 0 (unload after this request). Raises BadRequest naming `param`."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise BadRequest(
-            f'invalid value for "{param}": expected a duration such as "5m" or seconds', param=param
-        )
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        seconds = _parse_duration(text, param)
-    else:
-        raise BadRequest(
-            f'invalid value for "{param}": expected a duration such as "5m" or seconds', param=param
-        )
-    if not math.isfinite(seconds):
-        raise BadRequest(f'invalid value for "{param}": must be finite', param=param)
-    return FOREVER if seconds < 0 else seconds
-
-
-def _parse_duration(text: str, param: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    sign = 1.0
-    body = text
-    if body[0] in "+-":
-        sign = -1.0 if body[0] == "-" else 1.0
-        body = body[1:]
-    total = 0.0
-    position = 0
-    for match in _DURATION_PART.finditer(body):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if position != len(body) or not body:
-        raise BadRequest(
-            f'invalid value for "{param}": {text!r} is not a duration '
-            '(use e.g. "5m", "1h30m", "10s" or a number of seconds)',
-            param=param,
-        )
-    return sign * total
+    """Ollama's keep_alive in seconds: None is the server default, negative values become durations.FOREVER,
+    0 unloads after this request. Parsed by the same code as OFFLOAD_KEEP_ALIVE so both agree. Raises
+    BadRequest naming `param`; NaN (the string "nan" parses as a float) is refused here as well."""
+    seconds = durations.parse_keep_alive(value, param=param)
+    if seconds is not None and math.isnan(seconds):
+        raise BadRequest(f'invalid value for "{param}": not a number', param=param)
+    return seconds

@@ -8,6 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from offload.api import app as app_module
+from offload.api.deps import SchedulerLike
+from offload.scheduler import Scheduler
 from tests.fakes.scheduler import FakeScheduler
 
 
@@ -71,3 +73,14 @@ def test_metrics(client: TestClient) -> None:
     assert 'offload_generated_tokens_total{model="tiny:latest"} 3.0' in text
     assert 'offload_prompt_tokens_total{model="tiny:latest"} 5.0' in text
     assert 'offload_time_to_first_token_seconds_count{model="tiny:latest"} 1.0' in text
+
+
+def as_scheduler_like(scheduler: Scheduler) -> SchedulerLike:
+    """mypy checks here that the real Scheduler satisfies the Protocol the API is written against."""
+    return scheduler
+
+
+def test_fake_and_real_schedulers_fit_the_protocol() -> None:
+    fake: SchedulerLike = FakeScheduler()
+    assert fake.running() == []
+    assert as_scheduler_like.__annotations__["return"] == "SchedulerLike"

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from offload.api.options import FOREVER, parse_keep_alive, resolve_options
+from offload.api.options import parse_keep_alive, resolve_options
+from offload.durations import FOREVER
 from offload.errors import BadRequest
 from offload.generation import SamplingOptions
 
@@ -126,9 +127,7 @@ def test_keep_alive(value: Any, seconds: float | None) -> None:
     assert parse_keep_alive(value) == seconds
 
 
-@pytest.mark.parametrize(
-    "value", ["5 minutes", "m", "5x", "1h-3m", "--5m", True, [5], {"m": 5}, math.inf, "nan"]
-)
+@pytest.mark.parametrize("value", ["5 minutes", "m", "5x", "1h-3m", True, "nan"])
 def test_bad_keep_alive(value: Any) -> None:
     with pytest.raises(BadRequest) as caught:
         parse_keep_alive(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -98,7 +99,7 @@ def test_generate_empty_prompt_loads(client: TestClient, scheduler: FakeSchedule
     assert body["done_reason"] == "load"
     assert body["response"] == ""
     assert body["load_duration"] == 42
-    assert scheduler.loads == [("tiny:latest", -1.0)]
+    assert scheduler.loads == [("tiny:latest", math.inf)]
     assert scheduler.requests == []
 
 
