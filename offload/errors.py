@@ -1,0 +1,138 @@
+"""Every error offload raises on purpose, and what HTTP status and API error code it maps to.
+
+    OffloadError                      500 internal_error
+    ├── BadRequest                    400 invalid_request_error
+    │   ├── InvalidName               400 invalid_model_name
+    │   ├── InvalidDigest             400 invalid_digest
+    │   ├── InvalidModelfile          400 invalid_modelfile
+    │   ├── InvalidGGUF               400 invalid_gguf
+    │   ├── TemplateError             400 template_error
+    │   ├── ContextLengthExceeded     400 context_length_exceeded
+    │   └── UnsupportedByModel        400 unsupported_by_model
+    ├── NotFound                      404 not_found
+    │   ├── ModelNotFound             404 model_not_found
+    │   └── BlobNotFound              404 blob_not_found
+    ├── Conflict                      409 conflict
+    ├── ServerBusy                    503 server_busy
+    ├── StoreError                    500 store_error
+    ├── StarterUnavailable            500 starter_unavailable
+    └── RunnerError                   500 runner_error
+        ├── RunnerStartFailed         500 runner_start_failed
+        └── RunnerCrashed             500 runner_crashed
+
+Foreign exceptions are translated where they enter offload (`raise X(...) from exc`); the API layer maps
+these classes once to each dialect's error shape. Code never matches on error text.
+"""
+
+from __future__ import annotations
+
+
+class OffloadError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadRequest(OffloadError):
+    status = 400
+    code = "invalid_request_error"
+
+
+class InvalidName(BadRequest):
+    code = "invalid_model_name"
+
+
+class InvalidDigest(BadRequest):
+    code = "invalid_digest"
+
+
+class InvalidModelfile(BadRequest):
+    code = "invalid_modelfile"
+
+
+class InvalidGGUF(BadRequest):
+    code = "invalid_gguf"
+
+
+class TemplateError(BadRequest):
+    code = "template_error"
+
+
+class ContextLengthExceeded(BadRequest):
+    code = "context_length_exceeded"
+
+
+class UnsupportedByModel(BadRequest):
+    code = "unsupported_by_model"
+
+
+class NotFound(OffloadError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f'model "{name}" not found, try pulling it first', param="model")
+        self.name = name
+
+
+class BlobNotFound(NotFound):
+    code = "blob_not_found"
+
+
+class Conflict(OffloadError):
+    status = 409
+    code = "conflict"
+
+
+class ServerBusy(OffloadError):
+    status = 503
+    code = "server_busy"
+
+
+class StoreError(OffloadError):
+    code = "store_error"
+
+
+class StarterUnavailable(OffloadError):
+    code = "starter_unavailable"
+
+
+class RunnerError(OffloadError):
+    code = "runner_error"
+
+
+class RunnerStartFailed(RunnerError):
+    code = "runner_start_failed"
+
+
+class RunnerCrashed(RunnerError):
+    code = "runner_crashed"
+
+
+# The runner reports failures over the socket by code; this turns a code back into the class.
+_BY_CODE: dict[str, type[OffloadError]] = {}
+
+
+def _index(cls: type[OffloadError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _index(sub)
+
+
+_index(OffloadError)
+
+
+def from_code(code: str, message: str) -> OffloadError:
+    """Rebuild an error sent as (code, message) by another process (the runner)."""
+    cls = _BY_CODE.get(code, OffloadError)
+    error = cls.__new__(cls)
+    OffloadError.__init__(error, message)
+    return error

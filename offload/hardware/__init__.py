@@ -1,0 +1,1 @@
+"""What this machine has: one small module per kind of device. Probes never raise."""

@@ -1,0 +1,1 @@
+"""The runner subprocess and the server's handle on it."""

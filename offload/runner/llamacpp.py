@@ -1,0 +1,215 @@
+"""A thin wrapper over llama.cpp's C API (through llama-cpp-python's ctypes bindings). IN THE RUNNER ONLY.
+
+Why not llama-cpp-python's `Llama` class: it copies the full logits row into numpy for every token (262,144 floats
+for gemma3) and samples one sequence at a time; the decode loop here needs the raw batch API and llama.cpp's native
+sampler chain, with nothing per token that C does not do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from offload.errors import ContextLengthExceeded, RunnerError, RunnerStartFailed
+from offload.generation import SamplingOptions
+
+# The bindings are untyped ctypes; this module is their only user, so they are `Any` here and typed at our API.
+C: Any = importlib.import_module("llama_cpp.llama_cpp")
+
+_POOLING_NONE = 0
+_POOLING_MEAN = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    n_ctx_train: int
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    size: int
+    supports_gpu_offload: bool
+
+
+class Model:
+    """A loaded GGUF: weights and vocabulary, shared by the contexts made from it."""
+
+    def __init__(self, path: str, n_gpu_layers: int) -> None:
+        C.llama_backend_init()
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        handle = C.llama_model_load_from_file(path.encode(), params)
+        if not handle:
+            raise RunnerStartFailed(f"llama.cpp could not load {path}")
+        self.handle = handle
+        self.vocab = C.llama_model_get_vocab(handle)
+        self.facts = ModelFacts(
+            n_ctx_train=int(C.llama_model_n_ctx_train(handle)),
+            n_layer=int(C.llama_model_n_layer(handle)),
+            n_embd=int(C.llama_model_n_embd(handle)),
+            n_vocab=int(C.llama_vocab_n_tokens(self.vocab)),
+            size=int(C.llama_model_size(handle)),
+            supports_gpu_offload=bool(C.llama_supports_gpu_offload()),
+        )
+        self.bos = int(C.llama_vocab_bos(self.vocab))
+        self._piece = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Special tokens written in `text` (from the chat template) are parsed as such; at most one BOS."""
+        data = text.encode()
+        capacity = len(data) + 8
+        buffer = (C.llama_token * capacity)()
+        n = int(C.llama_tokenize(self.vocab, data, len(data), buffer, capacity, add_special, True))
+        if n < 0:
+            capacity = -n
+            buffer = (C.llama_token * capacity)()
+            n = int(C.llama_tokenize(self.vocab, data, len(data), buffer, capacity, add_special, True))
+        tokens = list(buffer[:n])
+        # A template that writes the BOS token itself, tokenized with add_special, would start with two.
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == self.bos:
+            del tokens[0]
+        return tokens
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token; control tokens render as nothing."""
+        n = int(C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False))
+        if n < 0:
+            self._piece = ctypes.create_string_buffer(-n)
+            n = int(C.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False))
+        return self._piece.raw[:n]
+
+    def is_end(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self.handle:
+            C.llama_model_free(self.handle)
+            self.handle = None
+
+
+class Context:
+    """One llama.cpp context (KV cache + compute buffers) and a reusable batch."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_threads: int,
+        n_seq_max: int = 1,
+        embeddings: bool = False,
+        pooling: int = -1,
+    ) -> None:
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq_max
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.embeddings = embeddings
+        params.pooling_type = pooling
+        params.no_perf = True
+        handle = C.llama_init_from_model(model.handle, params)
+        if not handle:
+            raise RunnerStartFailed(f"llama.cpp could not create a context of {n_ctx} tokens")
+        self.handle = handle
+        self.model = model
+        self.n_ctx = int(C.llama_n_ctx(handle))
+        self.n_batch = n_batch
+        self.memory = C.llama_get_memory(handle)
+        self._batch = C.llama_batch_init(n_batch, 0, n_seq_max)
+
+    @property
+    def pooling(self) -> int:
+        return int(C.llama_pooling_type(self.handle))
+
+    def decode(self, tokens: list[int], start_pos: int, seq_id: int = 0, *, all_outputs: bool = False) -> None:
+        """Evaluate `tokens` at positions start_pos.. in one sequence; the last token (or all) produce output."""
+        batch = self._batch
+        n = len(tokens)
+        if n > self.n_batch:
+            raise RunnerError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = start_pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = all_outputs
+        batch.logits[n - 1] = True
+        batch.n_tokens = n
+        status = int(C.llama_decode(self.handle, batch))
+        if status == 1:
+            raise ContextLengthExceeded("no room left in the KV cache for this sequence")
+        if status != 0:
+            raise RunnerError(f"llama_decode failed with status {status}")
+
+    def forget(self, seq_id: int, from_pos: int) -> bool:
+        """Drop the cache of `seq_id` from `from_pos` on; False if llama.cpp cannot cut it there (SWA, recurrent)."""
+        return bool(C.llama_memory_seq_rm(self.memory, seq_id, from_pos, -1))
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self.memory, True)
+
+    def sequence_embedding(self, seq_id: int, n_embd: int) -> list[float]:
+        pointer = C.llama_get_embeddings_seq(self.handle, seq_id)
+        if not pointer:
+            raise RunnerError("this model gives no pooled embeddings")
+        return [float(pointer[i]) for i in range(n_embd)]
+
+    def close(self) -> None:
+        if self.handle:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self.handle)
+            self.handle = None
+
+
+class Sampler:
+    """llama.cpp's native sampler chain for one request's settings."""
+
+    def __init__(self, options: SamplingOptions, n_vocab: int, seed: int) -> None:
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        add = C.llama_sampler_chain_add
+        if options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty:
+            last_n = options.repeat_last_n
+            add(
+                chain,
+                C.llama_sampler_init_penalties(
+                    n_vocab,
+                    last_n if last_n >= 0 else 4096,
+                    options.repeat_penalty,
+                    options.frequency_penalty,
+                    options.presence_penalty,
+                ),
+            )
+        if options.temperature <= 0:
+            add(chain, C.llama_sampler_init_greedy())
+        else:
+            if options.top_k > 0:
+                add(chain, C.llama_sampler_init_top_k(options.top_k))
+            if options.typical_p < 1.0:
+                add(chain, C.llama_sampler_init_typical(options.typical_p, 1))
+            if options.top_p < 1.0:
+                add(chain, C.llama_sampler_init_top_p(options.top_p, 1))
+            if options.min_p > 0.0:
+                add(chain, C.llama_sampler_init_min_p(options.min_p, 1))
+            add(chain, C.llama_sampler_init_temp(options.temperature))
+            add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self.handle = chain
+
+    def sample(self, context: Context, index: int = -1) -> int:
+        """Pick the next token from the logits of output `index` and record it in the chain's history."""
+        return int(C.llama_sampler_sample(self.handle, context.handle, index))
+
+    def close(self) -> None:
+        if self.handle:
+            C.llama_sampler_free(self.handle)
+            self.handle = None
+
+
+def normalized(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else vector

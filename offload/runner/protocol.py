@@ -1,0 +1,123 @@
+"""Messages between the API server and a runner subprocess.
+
+Transport: one end of a `socketpair()` handed to the child by file descriptor (no path, no port). Each frame is a
+4-byte big-endian length followed by that many bytes of UTF-8 JSON: an object with an `op` field.
+
+Server -> runner                                  Runner -> server
+  {"op":"load", "options": LoadOptions}             {"op":"loaded", "info": LoadedInfo} | {"op":"error", ...}
+  {"op":"generate", "id", "request": GenerateRequest} {"op":"chunk", "id", "chunk": Chunk}  (last has done=true)
+  {"op":"embed", "id", "request": EmbedRequest}     {"op":"embeddings", "id", "result": EmbedResult}
+  {"op":"tokenize", "id", "text"}                   {"op":"tokens", "id", "tokens": [...]}
+  {"op":"cancel", "id"}                             (the request ends with a chunk done_reason="cancel")
+  {"op":"shutdown"}                                 (the runner exits 0)
+Any request may instead end with {"op":"error", "id", "code", "message"}; `code` is an errors.py code.
+A runner that dies simply closes the socket: the server turns that into RunnerCrashed for every open request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_FRAME = 256 * 1024 * 1024  # embeddings of many long inputs are the largest messages
+_HEADER = struct.Struct(">I")
+
+Message = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame of this protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    model_path: str
+    n_ctx: int
+    n_batch: int = 512
+    n_threads: int = 0  # 0: the runner decides
+    n_gpu_layers: int = 0
+    n_seq_max: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedInfo:
+    n_ctx: int
+    n_ctx_train: int
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    model_size: int  # bytes of weights, as llama.cpp counts them
+    load_duration: int  # ns
+    supports_gpu_offload: bool
+    layers_on_gpu: int
+    backend: str
+    devices: list[str] = field(default_factory=list)
+
+
+def encode(message: Message) -> bytes:
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+def _decode(body: bytes) -> Message:
+    try:
+        message = json.loads(body)
+    except ValueError as exc:
+        raise ProtocolError("frame is not JSON") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ProtocolError("frame is not an object with an op")
+    return message
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message | None:
+    """The next message, or None at end of stream (the peer closed or died)."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+        (length,) = _HEADER.unpack(header)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+        body = await reader.readexactly(length)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return _decode(body)
+
+
+class SyncChannel:
+    """The runner's side: blocking reads from one thread, writes from any thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._write_lock = threading.Lock()
+
+    def send(self, message: Message) -> None:
+        data = encode(message)
+        with self._write_lock:
+            self._sock.sendall(data)
+
+    def receive(self) -> Message | None:
+        header = self._file.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return None
+        (length,) = _HEADER.unpack(header)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+        body = self._file.read(length)
+        if len(body) < length:
+            return None
+        return _decode(body)
+
+    def close(self) -> None:
+        # shutdown() first: it wakes a thread blocked in receive(); closing the buffered file under that thread
+        # would wait on its lock forever.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()

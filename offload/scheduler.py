@@ -1,0 +1,241 @@
+"""Which runner serves a model: load on first use, keep it for keep_alive, reload it when it died.
+
+Policy is small here and pure where it decides (`wanted_context`, `expired`); effects (spawning runners) go
+through `runner_factory` so tests inject fake runners. Memory budgets, eviction and queue limits belong to the
+planner/scheduler work that builds on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from offload.config import Settings
+from offload.durations import parse_keep_alive
+from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
+from offload.models.store import StoredModel
+from offload.runner.process import RunnerProcess
+from offload.runner.protocol import LoadedInfo, LoadOptions
+
+log = logging.getLogger("offload.scheduler")
+_REAP_INTERVAL = 1.0
+_FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+class Runner(Protocol):
+    info: LoadedInfo | None
+
+    async def start(self, timeout: float) -> LoadedInfo: ...
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]: ...
+    async def embed(self, request: EmbedRequest) -> EmbedResult: ...
+    async def tokenize(self, text: str) -> list[int]: ...
+    def has_exited(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+RunnerFactory = Callable[[LoadOptions, str], Runner]
+
+
+def _spawn(options: LoadOptions, name: str) -> Runner:
+    return RunnerProcess(options, name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningModel:
+    name: str
+    model_digest: str
+    size: int
+    size_vram: int
+    expires_at: datetime
+    context_length: int
+    placement: dict[str, Any]
+
+
+@dataclass
+class _Loaded:
+    model: StoredModel
+    runner: Runner
+    info: LoadedInfo
+    keep_alive: float
+    n_ctx: int  # as requested; llama.cpp may round the context it allocates
+    active: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def expires_at(self) -> datetime:
+        if self.active or math.isinf(self.keep_alive):
+            return _FAR_FUTURE
+        remaining = self.keep_alive - (time.monotonic() - self.idle_since)
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, remaining))
+
+
+def wanted_context(requested: int | None, default: int, trained: int | None) -> int:
+    """The context to load with: what was asked, else the default; never beyond what the model was trained for."""
+    n_ctx = requested if requested and requested > 0 else default
+    return min(n_ctx, trained) if trained else n_ctx
+
+
+def expired(entry_active: int, keep_alive: float, idle_for: float) -> bool:
+    return entry_active == 0 and not math.isinf(keep_alive) and idle_for >= keep_alive
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, runner_factory: RunnerFactory = _spawn) -> None:
+        self.settings = settings
+        self._factory = runner_factory
+        self._loaded: dict[str, _Loaded] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._default_keep_alive = parse_keep_alive(settings.keep_alive, param="OFFLOAD_KEEP_ALIVE") or 0.0
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ---- what the API calls --------------------------------------------------------------------------------
+    async def generate(self, model: StoredModel, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive)
+        try:
+            async for chunk in entry.runner.generate(request):
+                yield dataclasses.replace(chunk, load_duration=load_ns) if chunk.done else chunk
+        finally:
+            await self._release(entry)
+
+    async def embed(self, model: StoredModel, request: EmbedRequest) -> EmbedResult:
+        entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive)
+        try:
+            result = await entry.runner.embed(request)
+        finally:
+            await self._release(entry)
+        return dataclasses.replace(result, load_duration=load_ns)
+
+    async def tokenize(self, model: StoredModel, text: str) -> list[int]:
+        entry, _ = await self._acquire(model, None, None)
+        try:
+            return await entry.runner.tokenize(text)
+        finally:
+            await self._release(entry)
+
+    async def load(self, model: StoredModel, keep_alive: float | None) -> int:
+        entry, load_ns = await self._acquire(model, None, keep_alive)
+        await self._release(entry)
+        return load_ns
+
+    async def unload(self, name: str, *, only_if_idle: bool = False) -> bool:
+        async with self._lock(name):
+            entry = self._loaded.get(name)
+            if entry is None or (only_if_idle and entry.active):
+                return False
+            del self._loaded[name]
+        await entry.runner.close()
+        log.info("unloaded %s", name)
+        return True
+
+    def running(self) -> list[RunningModel]:
+        models = []
+        for name, entry in self._loaded.items():
+            if entry.runner.has_exited():
+                continue
+            info = entry.info
+            models.append(
+                RunningModel(
+                    name=name,
+                    model_digest=entry.model.model_digest,
+                    size=info.model_size,
+                    size_vram=info.model_size if info.layers_on_gpu > info.n_layer else 0,
+                    expires_at=entry.expires_at(),
+                    context_length=info.n_ctx,
+                    placement={
+                        "backend": info.backend,
+                        "layers_on_gpu": info.layers_on_gpu,
+                        "layers_total": info.n_layer + 1,
+                        "devices": info.devices,
+                        # CPU-only: nothing was offloaded, which the build itself guarantees. GPU placement is
+                        # verified from the runner's buffer report once GPU backends land.
+                        "verified": info.layers_on_gpu == 0 and not info.supports_gpu_offload,
+                    },
+                )
+            )
+        return models
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        entries = list(self._loaded.values())
+        self._loaded.clear()
+        await asyncio.gather(*(entry.runner.close() for entry in entries), return_exceptions=True)
+
+    # ---- internals -----------------------------------------------------------------------------------------
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _acquire(
+        self, model: StoredModel, num_ctx: int | None, keep_alive: float | None
+    ) -> tuple[_Loaded, int]:
+        """A ready runner for `model`, counted as busy until `_release`; also the load time if one was started."""
+        self._ensure_reaper()
+        name = model.name.display
+        async with self._lock(name):
+            entry = self._loaded.get(name)
+            n_ctx = wanted_context(num_ctx, self.settings.num_ctx, entry.info.n_ctx_train if entry else None)
+            if entry is not None and self._must_reload(entry, model, n_ctx):
+                self._loaded.pop(name)
+                await entry.runner.close()
+                entry = None
+            load_ns = 0
+            if entry is None:
+                started = time.perf_counter_ns()
+                entry = await self._start(model, n_ctx)
+                load_ns = time.perf_counter_ns() - started
+                self._loaded[name] = entry
+            if keep_alive is not None:
+                entry.keep_alive = keep_alive
+            entry.active += 1
+            return entry, load_ns
+
+    def _must_reload(self, entry: _Loaded, model: StoredModel, n_ctx: int) -> bool:
+        if entry.runner.has_exited():
+            log.warning("runner for %s had exited; starting a new one", model.name)
+            return True
+        if entry.model.model_digest != model.model_digest:
+            return True
+        # A different context needs a new context; only an idle runner is swapped, a busy one keeps serving.
+        return entry.active == 0 and entry.n_ctx != n_ctx
+
+    async def _start(self, model: StoredModel, n_ctx: int) -> _Loaded:
+        options = LoadOptions(
+            model_path=str(model.model_path),
+            n_ctx=n_ctx,
+            n_batch=self.settings.num_batch,
+            n_threads=self.settings.num_threads,
+        )
+        runner = self._factory(options, model.name.display)
+        info = await runner.start(self.settings.runner_start_timeout)
+        log.info(
+            "inference compute model=%s backend=%s layers_on_gpu=%d/%d ctx=%d weights=%.1fMiB load=%.2fs",
+            model.name, info.backend, info.layers_on_gpu, info.n_layer + 1, info.n_ctx,
+            info.model_size / 2**20, info.load_duration / 1e9,
+        )
+        return _Loaded(model=model, runner=runner, info=info, keep_alive=self._default_keep_alive, n_ctx=n_ctx)
+
+    async def _release(self, entry: _Loaded) -> None:
+        entry.active -= 1
+        entry.idle_since = time.monotonic()
+        if entry.active == 0 and entry.keep_alive <= 0:
+            await self.unload(entry.model.name.display, only_if_idle=True)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name="offload-keepalive")
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(_REAP_INTERVAL)
+            now = time.monotonic()
+            for name, entry in list(self._loaded.items()):
+                if expired(entry.active, entry.keep_alive, now - entry.idle_since):
+                    with contextlib.suppress(Exception):
+                        await self.unload(name, only_if_idle=True)
