@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 
-# llama.cpp is imported before anything that may pull in numpy: on the GPU machine the reverse order crashed
-# inside llama_model_load_from_file (see docs/GPU.md).
-from offload.runner import llamacpp  # noqa: I001
+# Nothing imported here loads numpy before offload.runner.llamacpp loads libllama: on the GPU machine the reverse
+# order crashed inside llama_model_load_from_file (../shared/gpu/README.md).
 from offload.errors import OffloadError
 from offload.generation import EmbedRequest, GenerateRequest, from_wire, to_wire
 from offload.hardware.cpu import physical_cores
+from offload.runner import llamacpp
 from offload.runner.engine import Engine
 from offload.runner.protocol import LoadedInfo, LoadOptions, Message, SyncChannel
 

@@ -64,8 +64,8 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, **kwargs: dict[str, str]) -> Iterator[ServerProcess]:
-    server = ServerProcess(home, **kwargs)  # type: ignore[arg-type]
+def running_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(home, extra_env=extra_env)
     server.start()
     try:
         yield server

@@ -15,6 +15,11 @@ MODEL = "gemma3:270m"
 GREEDY = {"temperature": 0, "seed": 42}
 
 
+def text(value: str | None) -> str:
+    assert value is not None
+    return value
+
+
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> ollama.Client:
     return ollama.Client(host=server.base_url, timeout=120)
@@ -43,7 +48,7 @@ def test_generate_is_deterministic_and_honours_num_predict(client: ollama.Client
     options = {**GREEDY, "num_predict": 12}
     first = client.generate(MODEL, "Why is the sky blue?", options=options)
     second = client.generate(MODEL, "Why is the sky blue?", options=options)
-    assert first.response.strip()
+    assert text(first.response).strip()
     assert first.response == second.response
     assert first.eval_count == 12
     assert first.done_reason == "length"
@@ -58,19 +63,19 @@ def test_streamed_generate_equals_the_whole_answer(client: ollama.Client) -> Non
     parts = list(client.generate(MODEL, "Name three colours.", options=options, stream=True))
     assert len(parts) > 2
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
-    assert "".join(p.response for p in parts) == whole.response
+    assert "".join(text(p.response) for p in parts) == whole.response
     assert parts[-1].eval_count == 20
 
 
 def test_stop_sequence_cuts_the_output(client: ollama.Client) -> None:
     options = {**GREEDY, "num_predict": 40}
-    full = client.generate(MODEL, "Count from one to ten in words.", options=options).response
+    full = text(client.generate(MODEL, "Count from one to ten in words.", options=options).response)
     words = [w for w in full.split() if len(w) > 3]
     assert len(words) > 3, full
     stop = words[2]
     cut = client.generate(MODEL, "Count from one to ten in words.", options={**options, "stop": [stop]})
-    assert stop not in cut.response
-    assert full.startswith(cut.response)
+    assert stop not in text(cut.response)
+    assert full.startswith(text(cut.response))
     assert cut.response == full[: full.index(stop)]
     assert cut.done_reason == "stop"
 
@@ -79,9 +84,9 @@ def test_chat_stream_and_not(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "Say hello."}]
     whole = client.chat(MODEL, messages=messages, options={**GREEDY, "num_predict": 16})
     assert whole.message.role == "assistant"
-    assert whole.message.content.strip()
+    assert text(whole.message.content).strip()
     parts = list(client.chat(MODEL, messages=messages, options={**GREEDY, "num_predict": 16}, stream=True))
-    assert "".join(p.message.content for p in parts) == whole.message.content
+    assert "".join(text(p.message.content) for p in parts) == whole.message.content
     assert parts[-1].done and parts[-1].eval_count == whole.eval_count
 
 
@@ -93,7 +98,7 @@ def test_chat_follow_up_turn(client: ollama.Client) -> None:
     first = client.chat(MODEL, messages=messages, options={**GREEDY, "num_predict": 24})
     messages += [first.message.model_dump(exclude_none=True), {"role": "user", "content": "And of Italy?"}]
     second = client.chat(MODEL, messages=messages, options={**GREEDY, "num_predict": 24})
-    assert second.message.content.strip()
+    assert text(second.message.content).strip()
     assert second.prompt_eval_count and first.prompt_eval_count
     assert second.prompt_eval_count > first.prompt_eval_count
 

@@ -66,10 +66,10 @@ def test_streamed_chat_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_stop_sequences(client: openai.OpenAI) -> None:
-    base = {"model": MODEL, "prompt": "One, two, three, four, five,", "temperature": 0, "max_tokens": 30}
-    full = client.completions.create(**base).choices[0].text
+    prompt = "One, two, three, four, five,"
+    full = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=30).choices[0].text
     assert "," in full, full
-    cut = client.completions.create(**base, stop=[","]).choices[0]
+    cut = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=30, stop=[","]).choices[0]
     assert cut.text == full[: full.index(",")]
     assert cut.finish_reason == "stop"
 
