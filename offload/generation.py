@@ -63,7 +63,6 @@ class EmbedRequest:
     model: str
     inputs: tuple[str, ...]
     truncate: bool = True  # cut inputs longer than the context instead of failing
-    normalize: bool = True  # L2-normalize (Ollama /api/embed, OpenAI); the legacy /api/embeddings does not
     num_ctx: int | None = None
     keep_alive: float | None = None
 

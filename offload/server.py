@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvicorn
@@ -23,8 +24,7 @@ def serve(settings: Settings) -> None:
     scheduler = Scheduler(settings)
     app = create_app(settings, store, scheduler)
     host, port = settings.bind
-    log.info("offload listening on %s:%d (home %s)", host, port, settings.home)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -32,3 +32,13 @@ def serve(settings: Settings) -> None:
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=10,
     )
+    log.info("offload listening on %s:%d (home %s)", host, port, settings.home)
+    asyncio.run(_serve(uvicorn.Server(config), scheduler))
+
+
+async def _serve(server: uvicorn.Server, scheduler: Scheduler) -> None:
+    # The runners live on this event loop, so they are stopped on it too, after uvicorn drained the requests.
+    try:
+        await server.serve()
+    finally:
+        await scheduler.close()

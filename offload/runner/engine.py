@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from offload.errors import ContextLengthExceeded, OffloadError
 from offload.generation import Chunk, DoneReason, EmbedRequest, EmbedResult, GenerateRequest, to_wire
-from offload.runner.llamacpp import Context, Model, Sampler, normalized
+from offload.runner.llamacpp import Context, Model, Sampler
 from offload.runner.protocol import Message
 from offload.runner.textstream import TextStream
 
@@ -213,7 +213,7 @@ class Engine:
             embedder.clear()
             embedder.decode(tokens, 0, all_outputs=True)
             vector = embedder.sequence_embedding(0, self.model.facts.n_embd)
-            vectors.append(tuple(normalized(vector) if request.normalize else vector))
+            vectors.append(tuple(vector))  # raw: each API dialect decides whether to normalize
             total += len(tokens)
         return EmbedResult(embeddings=tuple(vectors), prompt_eval_count=total)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,7 +208,3 @@ class Sampler:
             C.llama_sampler_free(self.handle)
             self.handle = None
 
-
-def normalized(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(v * v for v in vector))
-    return [v / norm for v in vector] if norm > 0 else vector

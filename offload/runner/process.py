@@ -230,10 +230,12 @@ class RunnerProcess:
             replies.put_nowait({"op": "error", "code": error.code, "message": error.message})
 
     def _death_note(self, what: str) -> str:
+        """The client's error message. The runner's last words go to the log only: they hold paths and tracebacks."""
         code = self._proc.returncode if self._proc is not None else None
         detail = f" (exit code {code})" if code is not None else ""
-        tail = "; ".join(line for line in list(self._stderr)[-3:] if line)
-        return f"runner for {self.name} {what}{detail}" + (f": {tail}" if tail else "")
+        if self._stderr:
+            log.error("runner for %s %s%s; its last output:\n%s", self.name, what, detail, "\n".join(self._stderr))
+        return f"runner for {self.name} {what}{detail}"
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.pid, "state": self.state.value}
