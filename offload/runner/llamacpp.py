@@ -167,28 +167,41 @@ class Context:
 
 
 class Sampler:
-    """llama.cpp's native sampler chain for one request's settings."""
+    """llama.cpp's native sampler chain for one request's settings.
+
+    Penalties look up every candidate they are given, so over a full 262k vocabulary they cost more per token than
+    everything else in sampling (measured 1.6 ms of 2.1 ms on the starter model). When the penalties can only lower
+    logits (repeat_penalty >= 1, presence/frequency >= 0) and top-k is on, the chain first keeps the top
+    k + repeat_last_n candidates: at most repeat_last_n tokens get penalized, so the top k after penalties always lie
+    in that set and the result is the same as penalizing the whole vocabulary. Greedy decoding is the case k = 1.
+    """
 
     def __init__(self, options: SamplingOptions, n_vocab: int, seed: int) -> None:
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = C.llama_sampler_chain_add
-        if options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty:
-            last_n = options.repeat_last_n
+        greedy = options.temperature <= 0
+        top_k = 1 if greedy else options.top_k
+        last_n = options.repeat_last_n if options.repeat_last_n >= 0 else n_vocab
+        penalized = last_n > 0 and (
+            options.repeat_penalty != 1.0 or options.presence_penalty != 0 or options.frequency_penalty != 0
+        )
+        if penalized:
+            lowers_only = (
+                options.repeat_penalty >= 1.0 and options.presence_penalty >= 0 and options.frequency_penalty >= 0
+            )
+            if lowers_only and top_k > 0 and top_k + last_n < n_vocab:
+                add(chain, C.llama_sampler_init_top_k(top_k + last_n))
             add(
                 chain,
                 C.llama_sampler_init_penalties(
-                    n_vocab,
-                    last_n if last_n >= 0 else 4096,
-                    options.repeat_penalty,
-                    options.frequency_penalty,
-                    options.presence_penalty,
+                    n_vocab, last_n, options.repeat_penalty, options.frequency_penalty, options.presence_penalty
                 ),
             )
-        if options.temperature <= 0:
+        if greedy:
             add(chain, C.llama_sampler_init_greedy())
         else:
-            if options.top_k > 0:
-                add(chain, C.llama_sampler_init_top_k(options.top_k))
+            if top_k > 0:
+                add(chain, C.llama_sampler_init_top_k(top_k))
             if options.typical_p < 1.0:
                 add(chain, C.llama_sampler_init_typical(options.typical_p, 1))
             if options.top_p < 1.0:
