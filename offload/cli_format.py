@@ -210,7 +210,11 @@ def show_summary(info: Mapping[str, Any], *, license_lines: int = 2) -> str:
         facts.append(("architecture", arch))
     if details.get("parameter_size"):
         facts.append(("parameters", str(details["parameter_size"])))
-    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
+    for key, label in (
+        ("block_count", "layers"),
+        ("context_length", "context length"),
+        ("embedding_length", "embedding length"),
+    ):
         value = model_info.get(f"{arch}.{key}")
         if value is not None:
             facts.append((label, str(value)))
@@ -220,6 +224,10 @@ def show_summary(info: Mapping[str, Any], *, license_lines: int = 2) -> str:
     caps = [(str(c), "") for c in capabilities] if isinstance(capabilities, list) else []
     lines = [*_section("Model", facts), *_section("Capabilities", caps)]
     lines += _section("Parameters", _parameter_pairs(info.get("parameters")))
+    template = str(info.get("template") or "").strip()
+    if template:
+        first = template.splitlines()[0]
+        lines += _section("Template", [(first[:60] + (" ..." if len(template) > len(first[:60]) else ""), "")])
     system = str(info.get("system") or "").strip()
     if system:
         lines += _section("System", [(line, "") for line in system.splitlines()[:license_lines]])
