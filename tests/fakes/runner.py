@@ -1,0 +1,130 @@
+"""A runner that runs no model: it satisfies `offload.scheduler.Runner` with scripted chunks.
+
+`FakeRunnerFactory` is what a test hands to `Scheduler(settings, runner_factory=...)`; it keeps every runner it
+made, so a test can count starts and closes, make one "die" (`has_exited()` turns true), fail a start, or hold a
+generation open mid-stream to keep the runner busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from offload.errors import OffloadError
+from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
+from offload.runner.protocol import LoadedInfo, LoadOptions
+
+Script = Callable[[GenerateRequest], Sequence[Chunk]]
+
+
+def default_script(request: GenerateRequest) -> list[Chunk]:
+    """Two text chunks, then a final one with counts (a context when the request asks for one)."""
+    return [
+        Chunk(text="Hello"),
+        Chunk(text=" world"),
+        Chunk(
+            done=True,
+            done_reason="stop",
+            prompt_eval_count=4,
+            eval_count=2,
+            context=(1, 2, 3) if request.return_context else None,
+        ),
+    ]
+
+
+@dataclass
+class FakeRunner:
+    options: LoadOptions
+    name: str
+    script: Script = default_script
+    n_layer: int = 4
+    n_ctx_train: int = 32768
+    model_size: int = 123_456
+    start_delay: float = 0.001
+    fail_start: OffloadError | None = None
+    # Raised after the first chunk of every generation (a runner dying mid-stream).
+    fail_mid_stream: OffloadError | None = None
+    # When set, every generation waits on it after its first chunk: the runner stays busy until the test says so.
+    gate: asyncio.Event | None = None
+    info: LoadedInfo | None = None
+    starts: int = 0
+    closes: int = 0
+    exited: bool = False
+    requests: list[GenerateRequest] = field(default_factory=list)
+
+    async def start(self, timeout: float) -> LoadedInfo:
+        self.starts += 1
+        await asyncio.sleep(self.start_delay)
+        if self.fail_start is not None:
+            self.exited = True
+            raise self.fail_start
+        n_ctx = min(self.options.n_ctx, self.n_ctx_train) if self.n_ctx_train else self.options.n_ctx
+        self.info = LoadedInfo(
+            n_ctx=n_ctx,
+            n_ctx_train=self.n_ctx_train,
+            n_layer=self.n_layer,
+            n_embd=8,
+            n_vocab=100,
+            model_size=self.model_size,
+            load_duration=1_000,
+            supports_gpu_offload=False,
+            layers_on_gpu=0,
+            backend="cpu",
+            devices=["cpu"],
+        )
+        return self.info
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        for i, chunk in enumerate(self.script(request)):
+            yield chunk
+            if i == 0:
+                if self.fail_mid_stream is not None:
+                    self.exited = True
+                    raise self.fail_mid_stream
+                if self.gate is not None:
+                    await self.gate.wait()
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        return EmbedResult(
+            embeddings=tuple((float(len(text)), 1.0) for text in request.inputs),
+            prompt_eval_count=sum(len(text) for text in request.inputs),
+        )
+
+    async def tokenize(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def has_exited(self) -> bool:
+        return self.exited
+
+    def die(self) -> None:
+        """As if the process had been killed: the scheduler should notice on the next request."""
+        self.exited = True
+
+    async def close(self) -> None:
+        self.closes += 1
+        self.exited = True
+
+
+@dataclass
+class FakeRunnerFactory:
+    """Callable as the scheduler's `runner_factory`; `configure` adjusts each runner before it is handed out."""
+
+    configure: Callable[[FakeRunner], None] | None = None
+    runners: list[FakeRunner] = field(default_factory=list)
+
+    def __call__(self, options: LoadOptions, name: str) -> FakeRunner:
+        runner = FakeRunner(options, name)
+        if self.configure is not None:
+            self.configure(runner)
+        self.runners.append(runner)
+        return runner
+
+    @property
+    def starts(self) -> int:
+        return sum(r.starts for r in self.runners)
+
+    @property
+    def closes(self) -> int:
+        return sum(r.closes for r in self.runners)
