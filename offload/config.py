@@ -115,7 +115,10 @@ def split_host(value: str) -> tuple[str, int]:
     text = value.strip()
     if not text:
         raise ValueError("host must not be empty")
-    if "://" not in text:
+    default_port = DEFAULT_PORT
+    if "://" in text:  # as Ollama: an explicit scheme without a port means that scheme's port
+        default_port = 443 if text.startswith("https://") else 80
+    else:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in {"http", "https"}:
@@ -125,5 +128,5 @@ def split_host(value: str) -> tuple[str, int]:
     except ValueError as exc:
         raise ValueError(f"host {value!r}: bad port") from exc
     hostname = parts.hostname if parts.hostname is not None else "127.0.0.1"
-    return hostname, port if port is not None else DEFAULT_PORT
+    return hostname, port if port is not None else default_port
 

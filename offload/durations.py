@@ -22,12 +22,16 @@ def parse_keep_alive(value: str | int | float | None, *, param: str = "keep_aliv
     if isinstance(value, int | float):
         if math.isnan(value):
             raise BadRequest(f"{param} must be a number, not NaN", param=param)
+        if math.isinf(value):
+            return FOREVER
         return FOREVER if value < 0 else float(value)
     text = value.strip()
     if not text:
         return None
     sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
+    body = text[1:] if text[:1] in "+-" else text
+    if not body[:1].isdigit():  # also keeps out "nan", "inf" and doubled signs
+        raise BadRequest(f'{param} {value!r} is not a duration (examples: "5m", "1h30m", "10s", -1)', param=param)
     try:
         number = float(body)
     except ValueError:
@@ -42,4 +46,6 @@ def parse_keep_alive(value: str | int | float | None, *, param: str = "keep_aliv
                 f'{param} {value!r} is not a duration (examples: "5m", "1h30m", "10s", -1)', param=param
             ) from None
         number = total
+    if not math.isfinite(number):
+        raise BadRequest(f"{param} {value!r} is out of range", param=param)
     return FOREVER if sign < 0 else number

@@ -124,10 +124,11 @@ class Scheduler:
         await self._release(entry)
         return load_ns
 
-    async def unload(self, name: str, *, only_if_idle: bool = False) -> bool:
+    async def unload(self, name: str, *, only_if_idle: bool = False, only: _Loaded | None = None) -> bool:
+        """Stop the runner serving `name`; with `only`, just when that very entry is still the one loaded."""
         async with self._lock(name):
             entry = self._loaded.get(name)
-            if entry is None or (only_if_idle and entry.active):
+            if entry is None or (only_if_idle and entry.active) or (only is not None and entry is not only):
                 return False
             del self._loaded[name]
         await entry.runner.close()
@@ -192,7 +193,7 @@ class Scheduler:
                 load_ns = time.perf_counter_ns() - started
                 self._loaded[name] = entry
             if keep_alive is not None:
-                entry.keep_alive = keep_alive
+                entry.keep_alive = math.inf if keep_alive < 0 else keep_alive
             entry.active += 1
             return entry, load_ns
 
@@ -200,10 +201,11 @@ class Scheduler:
         if entry.runner.has_exited():
             log.warning("runner for %s had exited; starting a new one", model.name)
             return True
-        if entry.model.model_digest != model.model_digest:
-            return True
-        # A different context needs a new context; only an idle runner is swapped, a busy one keeps serving.
-        return entry.active == 0 and entry.n_ctx != n_ctx
+        # A new file under the same name, or a different context size: only an idle runner is swapped; a busy
+        # one keeps serving until its requests are done.
+        if entry.active:
+            return False
+        return entry.model.model_digest != model.model_digest or entry.n_ctx != n_ctx
 
     async def _start(self, model: StoredModel, n_ctx: int) -> _Loaded:
         options = LoadOptions(
@@ -219,13 +221,20 @@ class Scheduler:
             model.name, info.backend, info.layers_on_gpu, info.n_layer + 1, info.n_ctx,
             info.model_size / 2**20, info.load_duration / 1e9,
         )
-        return _Loaded(model=model, runner=runner, info=info, keep_alive=self._default_keep_alive, n_ctx=n_ctx)
+        trained = info.n_ctx_train
+        return _Loaded(
+            model=model,
+            runner=runner,
+            info=info,
+            keep_alive=self._default_keep_alive,
+            n_ctx=min(n_ctx, trained) if trained else n_ctx,
+        )
 
     async def _release(self, entry: _Loaded) -> None:
         entry.active -= 1
         entry.idle_since = time.monotonic()
         if entry.active == 0 and entry.keep_alive <= 0:
-            await self.unload(entry.model.name.display, only_if_idle=True)
+            await self.unload(entry.model.name.display, only_if_idle=True, only=entry)
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():

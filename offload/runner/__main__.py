@@ -61,7 +61,7 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         supports_gpu_offload=facts.supports_gpu_offload,
         layers_on_gpu=on_gpu,
         backend="cpu" if on_gpu == 0 else "gpu",
-        devices=["cpu"],
+        devices=("cpu",),
     )
     return Engine(model, context, emit, n_threads=threads), info
 

@@ -22,7 +22,7 @@ import json
 import socket
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 MAX_FRAME = 256 * 1024 * 1024  # embeddings of many long inputs are the largest messages
@@ -57,7 +57,7 @@ class LoadedInfo:
     supports_gpu_offload: bool
     layers_on_gpu: int
     backend: str
-    devices: list[str] = field(default_factory=list)
+    devices: tuple[str, ...] = ()
 
 
 def encode(message: Message) -> bytes:

@@ -71,7 +71,7 @@ class FakeRunner:
             supports_gpu_offload=False,
             layers_on_gpu=0,
             backend="cpu",
-            devices=["cpu"],
+            devices=("cpu",),
         )
         return self.info
 

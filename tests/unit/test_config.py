@@ -121,6 +121,8 @@ def test_env_beats_toml_for_every_source_field(clean_env: Path, monkeypatch: pyt
         ("[::1]:11434", ("::1", 11434)),
         ("[::]:5000", ("::", 5000)),
         ("http://example:1234", ("example", 1234)),
+        ("http://example", ("example", 80)),
+        ("https://example", ("example", 443)),
         ("https://example:8443", ("example", 8443)),
         ("localhost", ("localhost", DEFAULT_PORT)),
         ("  localhost:1  ", ("localhost", 1)),

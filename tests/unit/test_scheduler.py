@@ -349,14 +349,15 @@ def test_negative_keep_alive_in_request_keeps_loaded(tmp_path: Path) -> None:
     # GenerateRequest.keep_alive documents "negative keeps loaded forever".
     model = stored(tmp_path)
 
-    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> list[datetime]:
+    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> tuple[list[datetime], int]:
         await collect(sched.generate(model, request(keep_alive=-1.0)))
-        return [m.expires_at for m in sched.running()]
+        await asyncio.sleep(0.05)  # let a wrong unload-after-release happen, if it would
+        return [m.expires_at for m in sched.running()], factory.runners[0].closes
 
-    expires, factory = run_with(tmp_path, body)
+    (expires, closes), _ = run_with(tmp_path, body)
     assert len(expires) == 1
     assert expires[0] > datetime.now(UTC) + timedelta(days=365 * 100)
-    assert factory.runners[0].closes == 0
+    assert closes == 0
 
 
 @pytest.mark.parametrize(

@@ -292,7 +292,7 @@ WIRE_CASES: list[Any] = [
         supports_gpu_offload=False,
         layers_on_gpu=0,
         backend="cpu",
-        devices=["cpu"],
+        devices=("cpu",),
     ),
 ]
 
