@@ -1,16 +1,17 @@
 """One streamed request: decode tokens/s of offload vs llama.cpp's llama-bench (tg) and llama-server, same model,
 same machine, same run. Not a test: it prints a table and ratios.
 
-    python bench/cpu_single_stream.py [--model PATH.gguf] [--tokens 64] [--repeats 3] [--threads N]
+    python bench/cpu_single_stream.py [--model PATH.gguf] [--tokens 64] [--rounds 7] [--threads N]
 
 Without --model it uses the starter model (imported into a temporary OFFLOAD_HOME). The reference tools are built
-from the pinned llama-cpp-python's own llama.cpp source by bench/build_reference.sh. Each contender runs alone
-(sequentially) so they do not compete for cores.
+from the pinned llama-cpp-python's own llama.cpp source by bench/build_reference.sh. Both servers stay up, idle
+while the other works; each measurement runs alone, and rounds interleave the contenders.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,18 +50,17 @@ class Result:
         return statistics.median(self.tokens_per_s)
 
 
-def llama_bench(model: Path, tokens: int, repeats: int, threads: int) -> Result:
+def llama_bench_once(model: Path, tokens: int, threads: int) -> float:
     out = subprocess.run(
-        [str(REF_BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", str(tokens), "-r", str(repeats),
+        [str(REF_BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", str(tokens), "-r", "1",
          "-t", str(threads), "-o", "json"],
         check=True, capture_output=True, text=True,
     ).stdout
-    runs = json.loads(out)
-    samples = [float(s) for s in runs[0]["samples_ts"]]
-    return Result(f"llama-bench tg{tokens}", samples, "no HTTP, no sampling")
+    return float(json.loads(out)[0]["avg_ts"])
 
 
-def llama_server(model: Path, tokens: int, repeats: int, threads: int) -> Result:
+@contextlib.contextmanager
+def llama_server(model: Path, threads: int) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [str(REF_BIN / "llama-server"), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -69,46 +70,46 @@ def llama_server(model: Path, tokens: int, repeats: int, threads: int) -> Result
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: httpx.get(base + "/health", timeout=1).status_code == 200)
-        samples = []
-        for _ in range(repeats + 1):  # the first run warms up
-            body = {"prompt": PROMPT, "n_predict": tokens, "ignore_eos": True, "stream": True,
-                    "cache_prompt": False, **{k: v for k, v in SAMPLING.items()}}
-            count, first, last = _stream(base + "/completion", body, lambda d: bool(d.get("content")))
-            samples.append((count - 1) / (last - first))
-        return Result("llama-server (HTTP stream)", samples[1:], "client-timed, first to last token")
+        yield base
     finally:
         proc.terminate()
         proc.wait()
 
 
-def offload(model: Path, tokens: int, repeats: int, threads: int) -> tuple[Result, Result]:
+def llama_server_once(base: str, tokens: int) -> float:
+    body = {"prompt": PROMPT, "n_predict": tokens, "ignore_eos": True, "stream": True, "cache_prompt": False,
+            **SAMPLING}
+    count, first, last = _stream(base + "/completion", body, lambda d: bool(d.get("content")))
+    return (count - 1) / (last - first)
+
+
+@contextlib.contextmanager
+def offload_server(model: Path, threads: int) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="offload-bench-") as tmp:
         home = Path(tmp)
-        name = "bench:latest"
-        Store(home / "models").import_gguf(name, model)
+        Store(home / "models").import_gguf("bench:latest", model)
         server = ServerProcess(home, extra_env={"OFFLOAD_NUM_THREADS": str(threads), "OFFLOAD_LOG_LEVEL": "warning"})
         server.start()
         try:
-            client_side, server_side = [], []
-            for _ in range(repeats + 1):
-                body = {"model": name, "prompt": PROMPT, "raw": True, "stream": True,
-                        "options": {**SAMPLING, "num_predict": tokens}}
-                final: dict[str, object] = {}
-
-                def text_or_final(d: dict[str, object], final: dict[str, object] = final) -> bool:
-                    if d.get("done"):
-                        final.update(d)
-                    return bool(d.get("response"))
-
-                count, first, last = _stream(server.base_url + "/api/generate", body, text_or_final)
-                client_side.append((count - 1) / (last - first))
-                server_side.append(float(final["eval_count"]) / (float(final["eval_duration"]) / 1e9))  # type: ignore[arg-type]
-            return (
-                Result("offload (HTTP stream)", client_side[1:], "client-timed, first to last token"),
-                Result("offload eval rate", server_side[1:], "eval_count / eval_duration, runner-timed"),
-            )
+            yield server.base_url
         finally:
             server.stop()
+
+
+def offload_once(base: str, tokens: int) -> tuple[float, float]:
+    """Client-timed tokens/s and the runner's own eval rate (eval_count / eval_duration)."""
+    body = {"model": "bench:latest", "prompt": PROMPT, "raw": True, "stream": True,
+            "options": {**SAMPLING, "num_predict": tokens}}
+    final: dict[str, object] = {}
+
+    def text_or_final(d: dict[str, object]) -> bool:
+        if d.get("done"):
+            final.update(d)
+        return bool(d.get("response"))
+
+    count, first, last = _stream(base + "/api/generate", body, text_or_final)
+    eval_rate = float(final["eval_count"]) / (float(final["eval_duration"]) / 1e9)  # type: ignore[arg-type]
+    return (count - 1) / (last - first), eval_rate
 
 
 def _stream(url: str, body: dict[str, object], is_token: object) -> tuple[int, float, float]:
@@ -143,24 +144,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="GGUF to run (default: the starter model)")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=physical_cores())
     args = parser.parse_args()
     subprocess.run([str(ROOT / "bench" / "build_reference.sh")], check=True)
+    bench = Result("llama-bench tg", [], "no HTTP, no sampling")
+    server = Result("llama-server (HTTP stream)", [], "client-timed, first to last token")
+    ours = Result("offload (HTTP stream)", [], "client-timed, first to last token")
+    ours_eval = Result("offload eval rate", [], "eval_count / eval_duration, runner-timed")
     with tempfile.TemporaryDirectory(prefix="offload-bench-model-") as tmp:
         model = args.model or ensure_starter(Store(Path(tmp) / "models")).model_path
-        reference = llama_bench(model, args.tokens, args.repeats, args.threads)
-        results = [reference, llama_server(model, args.tokens, args.repeats, args.threads)]
-        results.extend(offload(model, args.tokens, args.repeats, args.threads))
+        with llama_server(model, args.threads) as ref_url, offload_server(model, args.threads) as our_url:
+            llama_server_once(ref_url, 8)  # warm both: first requests pay for page faults and allocation
+            offload_once(our_url, 8)
+            # Rounds interleave the contenders, so drift in this machine's speed touches all of them alike.
+            for round_no in range(args.rounds):
+                bench.tokens_per_s.append(llama_bench_once(model, args.tokens, args.threads))
+                server.tokens_per_s.append(llama_server_once(ref_url, args.tokens))
+                client_rate, eval_rate = offload_once(our_url, args.tokens)
+                ours.tokens_per_s.append(client_rate)
+                ours_eval.tokens_per_s.append(eval_rate)
+                print(f"round {round_no + 1}: llama-bench {bench.tokens_per_s[-1]:.1f}, "
+                      f"llama-server {server.tokens_per_s[-1]:.1f}, offload {client_rate:.1f} tok/s", flush=True)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     print(f"\nmodel {model.name}, {args.tokens} generated tokens, {args.threads} threads, "
-          f"{os.cpu_count()} CPUs, commit {commit}")
-    print(f"{'contender':32} {'tok/s (median)':>15} {'vs llama-bench':>15}  runs / note")
-    for result in results:
+          f"{os.cpu_count()} CPUs, {args.rounds} rounds, commit {commit}")
+    print(f"{'contender':30} {'tok/s median':>12} {'vs llama-bench':>15} {'per-round ratio':>16}  runs / note")
+    for result in (bench, server, ours, ours_eval):
         runs = ", ".join(f"{v:.1f}" for v in result.tokens_per_s)
-        ratio = result.median / reference.median
-        print(f"{result.name:32} {result.median:15.1f} {ratio:14.1%}  [{runs}] {result.note}")
+        ratio = result.median / bench.median
+        paired = statistics.median(v / b for v, b in zip(result.tokens_per_s, bench.tokens_per_s, strict=True))
+        print(f"{result.name:30} {result.median:12.1f} {ratio:15.1%} {paired:16.1%}  [{runs}] {result.note}")
     return 0
 
 
