@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from offload.errors import ContextLengthExceeded, RunnerError, RunnerStartFailed
@@ -18,8 +19,50 @@ from offload.generation import SamplingOptions
 # The bindings are untyped ctypes; this module is their only user, so they are `Any` here and typed at our API.
 C: Any = importlib.import_module("llama_cpp.llama_cpp")
 
-_POOLING_NONE = 0
-_POOLING_MEAN = 1
+_MAX_THREADS = 512  # GGML_MAX_N_THREADS in ggml.h, the size of the cpumask below
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    """ggml.h's struct ggml_threadpool_params (llama-cpp-python does not bind the threadpool API)."""
+
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * _MAX_THREADS),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+def _ggml_library(name: str) -> ctypes.CDLL:
+    """A ggml library from the directory libllama was loaded from (already in memory; this just finds it)."""
+    return ctypes.CDLL(str(Path(C._lib._name).parent / name))
+
+
+class Threadpool:
+    """A persistent pool of decode threads. Without one, ggml creates and joins a fresh pool for every graph it
+    computes, once per generated token: measured 10% of single-stream decode speed on 2 cores (docs/BENCHMARKS.md).
+    llama-bench and llama-server attach one too."""
+
+    def __init__(self, n_threads: int) -> None:
+        base, cpu = _ggml_library("libggml-base.so"), _ggml_library("libggml-cpu.so")
+        base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+        base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+        cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+        cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+        cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        params = base.ggml_threadpool_params_default(n_threads)
+        handle = cpu.ggml_threadpool_new(ctypes.byref(params))
+        if not handle:
+            raise RunnerStartFailed(f"ggml could not start a pool of {n_threads} threads")
+        self.handle: int | None = handle
+        self._free = cpu.ggml_threadpool_free
+
+    def close(self) -> None:
+        if self.handle:
+            self._free(self.handle)
+            self.handle = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +131,13 @@ class Model:
             self.handle = None
 
 
+def _attach_threadpool(context: Any, threadpool: int | None, threadpool_batch: int | None) -> None:
+    function = C._lib.llama_attach_threadpool
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    function.restype = None
+    function(context, threadpool, threadpool_batch)
+
+
 class Context:
     """One llama.cpp context (KV cache + compute buffers) and a reusable batch."""
 
@@ -116,6 +166,8 @@ class Context:
         if not handle:
             raise RunnerStartFailed(f"llama.cpp could not create a context of {n_ctx} tokens")
         self.handle = handle
+        self.threadpool = Threadpool(n_threads)
+        _attach_threadpool(handle, self.threadpool.handle, self.threadpool.handle)
         self.model = model
         self.n_ctx = int(C.llama_n_ctx(handle))
         self.n_batch = n_batch
@@ -164,6 +216,7 @@ class Context:
             C.llama_batch_free(self._batch)
             C.llama_free(self.handle)
             self.handle = None
+            self.threadpool.close()
 
 
 class Sampler:
