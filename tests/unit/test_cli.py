@@ -516,7 +516,6 @@ def test_create_skips_a_blob_the_server_has(fake: FakeOllama, gguf: Path) -> Non
 
 
 def test_create_from_modelfile(fake: FakeOllama, gguf: Path, tmp_path: Path) -> None:
-    pytest.importorskip("offload.models.modelfile")
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(
         'FROM ./tiny.gguf\nPARAMETER temperature 0.2\nPARAMETER stop "<x>"\nSYSTEM """Be terse."""\n'
@@ -531,7 +530,6 @@ def test_create_from_modelfile(fake: FakeOllama, gguf: Path, tmp_path: Path) -> 
 
 
 def test_create_from_a_model_name(fake: FakeOllama, tmp_path: Path) -> None:
-    pytest.importorskip("offload.models.modelfile")
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text("FROM gemma3:270m\nSYSTEM hi\n")
     fake.on("POST", "/api/create", ndjson=[{"status": "success"}])
