@@ -88,8 +88,10 @@ def ensure_starter(
 
 
 def starter_parameters() -> dict[str, Any]:
-    """The params layer of the starter model: what Ollama's gemma3 models carry."""
-    return {"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95}
+    """The params layer of the starter model: what Ollama's gemma3 models carry, plus a num_predict cap. The
+    starter is the pretrained (not instruction-tuned) Gemma 3 270M: asked "hi" it seldom ends its turn and would
+    write until the context is full (4,086 tokens, 69 s on 2 cores). A request's own num_predict overrides it."""
+    return {"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95, "num_predict": 512}
 
 
 def resolve(store: Store, name: str) -> StoredModel:

@@ -34,6 +34,7 @@ class Sequence:
     n_prompt: int
     sampler: Sampler
     text: TextStream
+    stop_tokens: frozenset[int]  # control tokens named as stop strings: they render as no text, so match by id
     n_cached: int = 0  # tokens of `tokens` already in the KV cache
     n_generated: int = 0
     next_token: int | None = None  # sampled, not yet decoded
@@ -117,7 +118,7 @@ class Engine:
         return seq.sampler.sample(ctx)
 
     def postprocess(self, seq: Sequence, token: int) -> None:
-        if self.model.is_end(token):
+        if self.model.is_end(token) or token in seq.stop_tokens:
             self.finish(seq, "stop")
             return
         seq.n_generated += 1
@@ -175,7 +176,8 @@ class Engine:
             )
         seed = request.sampling.seed if request.sampling.seed is not None else random.getrandbits(32)
         sampler = Sampler(request.sampling, self.model.facts.n_vocab, seed)
-        seq = Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop))
+        stop_tokens = frozenset(t for t in map(self.model.control_token, request.stop) if t is not None)
+        seq = Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop), stop_tokens)
         seq.n_cached = self._reuse_prefix(tokens)
         return seq
 

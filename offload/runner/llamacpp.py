@@ -125,6 +125,13 @@ class Model:
     def is_end(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 
+    def control_token(self, text: str) -> int | None:
+        """The id of the control token spelled `text` (e.g. "<end_of_turn>"), or None if `text` is anything else."""
+        tokens = self.tokenize(text, add_special=False)
+        if len(tokens) == 1 and C.llama_vocab_is_control(self.vocab, tokens[0]):
+            return tokens[0]
+        return None
+
     def close(self) -> None:
         if self.handle:
             C.llama_model_free(self.handle)

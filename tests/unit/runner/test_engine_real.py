@@ -249,3 +249,20 @@ def test_return_context_is_prompt_plus_output(loaded: Loaded) -> None:
 def test_no_context_unless_asked(loaded: Loaded) -> None:
     run = generate(loaded, sampling=GREEDY, num_predict=1)
     assert run.final("r")["context"] is None
+
+
+def test_control_token_named_as_stop_ends_generation(loaded: Loaded) -> None:
+    # A control token (e.g. <start_of_turn>) renders as no text, so a stop string naming one can only match by id.
+    engine, run = engine_on(loaded)
+    start_of_turn = loaded.model.control_token("<start_of_turn>")
+    assert start_of_turn is not None
+    assert loaded.model.control_token("hello") is None
+    request = GenerateRequest(model="gemma3:270m", prompt=PROMPT, sampling=GREEDY, stop=("<start_of_turn>",))
+    engine.submit("r", request)
+    seq = engine.schedule()
+    assert seq is not None
+    assert seq.stop_tokens == frozenset({start_of_turn})
+    engine.postprocess(seq, start_of_turn)  # as if the model had just sampled it
+    assert run.final("r")["done_reason"] == "stop"
+    assert run.text("r") == ""
+    assert not engine.has_work()
