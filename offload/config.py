@@ -3,23 +3,39 @@
 Sources, highest precedence first: CLI flags (passed as keyword arguments to `load_settings`),
 `OFFLOAD_*` environment variables, `$OFFLOAD_HOME/config.toml`, the defaults below.
 Nothing else in offload reads `os.environ` for its own settings.
+
+Every field is registered once, here, with a dotted key (`llm.backend`): its TOML section and name in
+config.toml (`[llm]` / `backend = "vulkan"`), what `offload config get/set/list` take, and what
+docs/CONFIG.md shows. Flat `name = value` lines at the top of config.toml, the older form, still work;
+when both forms name one field, the sectioned one wins.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 DEFAULT_PORT = 11434
+BACKENDS = ("auto", "cuda", "rocm", "vulkan", "metal", "cpu")
+
+
+def _key(dotted: str) -> dict[str, Any]:
+    """The field's config key, registered beside its type and default."""
+    return {"key": dotted}
 
 
 def default_home() -> Path:
@@ -34,24 +50,85 @@ class Settings(BaseSettings):
     host: str = Field(
         f"127.0.0.1:{DEFAULT_PORT}",
         description="Address to bind (server) or reach (CLI): host[:port] or http://host:port.",
+        json_schema_extra=_key("server.host"),
     )
     home: Path = Field(
-        default_factory=default_home, description="Directory holding the model store and config.toml."
+        default_factory=default_home,
+        description="Directory holding the model store, backends and config.toml.",
+        json_schema_extra=_key("server.home"),
     )
     keep_alive: str = Field(
-        "5m", description="How long a model stays loaded after its last request (Ollama duration syntax)."
+        "5m",
+        description="How long a model stays loaded after its last request (Ollama duration syntax).",
+        json_schema_extra=_key("server.keep_alive"),
     )
     num_ctx: int = Field(
-        4096, ge=256, le=1 << 20, description="Context length when a request does not ask for one."
+        4096,
+        ge=256,
+        le=1 << 20,
+        description="Context length when a request does not ask for one.",
+        json_schema_extra=_key("llm.num_ctx"),
     )
     num_threads: int = Field(
-        0, ge=0, le=1024, description="CPU threads per runner for decoding; 0 means one per physical core."
+        0,
+        ge=0,
+        le=1024,
+        description="CPU threads per runner for decoding; 0 means one per physical core.",
+        json_schema_extra=_key("llm.num_threads"),
     )
-    num_batch: int = Field(512, ge=1, le=1 << 16, description="Prompt tokens evaluated per llama_decode call.")
+    num_batch: int = Field(
+        512,
+        ge=1,
+        le=1 << 16,
+        description="Prompt tokens evaluated per llama_decode call.",
+        json_schema_extra=_key("llm.num_batch"),
+    )
+    backend: str = Field(
+        "auto",
+        description="llama.cpp backend variant: auto (the best this machine can use), cuda, rocm, vulkan, metal "
+        "or cpu. A named backend is forced: if it cannot run, loading fails instead of falling back.",
+        json_schema_extra=_key("llm.backend"),
+    )
+    gpu_layers: str = Field(
+        "auto",
+        description="Layers to offload to the GPU: auto (as many as fit), -1 (all) or a count >= 0.",
+        json_schema_extra=_key("llm.gpu_layers"),
+    )
     runner_start_timeout: float = Field(
-        300.0, gt=0, le=3600, description="Seconds a runner may take to load a model before it is given up."
+        300.0,
+        gt=0,
+        le=3600,
+        description="Seconds a runner may take to load a model before it is given up.",
+        json_schema_extra=_key("runner.start_timeout"),
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: str = Field(
+        "info", description="debug, info, warning or error.", json_schema_extra=_key("server.log_level")
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in BACKENDS:
+            raise ValueError("backend must be one of " + ", ".join(BACKENDS))
+        return value
+
+    @field_validator("gpu_layers", mode="before")
+    @classmethod
+    def _gpu_layer_count(cls, value: object) -> str:
+        # TOML and CLI flags may hand over an int; the field keeps one spelling, a string.
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError('gpu_layers must be "auto", -1 or a count >= 0')
+        text = str(value).strip().lower()
+        if text == "auto":
+            return text
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(f'gpu_layers must be "auto", -1 or a count >= 0, not {value!r}') from None
+        if count < -1:
+            raise ValueError(f'gpu_layers must be "auto", -1 or a count >= 0, not {value!r}')
+        return str(count)
 
     @field_validator("log_level")
     @classmethod
@@ -101,13 +178,248 @@ class Settings(BaseSettings):
         # config.toml lives in the home directory, which CLI or env may themselves move.
         home = init_settings().get("home") or env_settings().get("home") or default_home()
         toml_file = Path(str(home)).expanduser() / "config.toml"
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return (init_settings, env_settings, ConfigFileSource(settings_cls, toml_file))
 
 
 def load_settings(**cli_overrides: Any) -> Settings:
     """Build the settings; `None` values in `cli_overrides` mean "flag not given"."""
     given = {key: value for key, value in cli_overrides.items() if value is not None}
     return Settings(**given)
+
+
+def process_environ() -> Mapping[str, str]:
+    """The process environment, for code that must hand it on (a subprocess's env, `config list`'s sources)."""
+    return os.environ
+
+
+# ---------------------------------------------------------------- config keys and config.toml
+
+
+class ConfigError(ValueError):
+    """A config key or value offload cannot accept, or a config.toml it cannot rewrite. The message says why."""
+
+
+def config_keys() -> dict[str, str]:
+    """Every dotted config key and the Settings field it sets, in the order the fields are declared."""
+    keys: dict[str, str] = {}
+    for name, info in Settings.model_fields.items():
+        keys[_dotted(name, info)] = name
+    return keys
+
+
+def _dotted(name: str, info: FieldInfo) -> str:
+    extra = info.json_schema_extra
+    key = extra.get("key") if isinstance(extra, dict) else None
+    if not isinstance(key, str) or key.count(".") != 1:
+        raise TypeError(f"Settings.{name} has no dotted config key")  # a programming error, caught by the tests
+    return key
+
+
+def field_for_key(key: str) -> str:
+    """The Settings field a dotted key names; ConfigError listing the known keys otherwise."""
+    field = config_keys().get(key.strip())
+    if field is None:
+        raise ConfigError(f"unknown config key {key!r}; known keys: " + ", ".join(config_keys()))
+    return field
+
+
+def resolve_home(environ: Mapping[str, str]) -> Path:
+    """The home directory from the environment alone (OFFLOAD_HOME, else ~/.offload), for `offload config set`,
+    which must work even when the current config.toml holds a value Settings would reject."""
+    given = {name.upper(): value for name, value in environ.items()}.get("OFFLOAD_HOME")
+    return (Path(given) if given else default_home()).expanduser().resolve()
+
+
+def config_path(home: Path) -> Path:
+    return Path(home).expanduser() / "config.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def file_values(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values a parsed config.toml sets: flat `name = value` lines, then `[section] name = value`."""
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        if name in document and not isinstance(document[name], dict):
+            values[name] = document[name]
+    for key, name in config_keys().items():
+        section, leaf = key.split(".")
+        table = document.get(section)
+        if isinstance(table, dict) and leaf in table:
+            values[name] = table[leaf]
+    return values
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """`file_values` of the file at `path`; {} when there is none. ConfigError when it is not TOML."""
+    return file_values(_read_toml(path))
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """config.toml as a settings source: sectioned keys and the older flat ones."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        super().__init__(settings_cls)
+        self._values = read_config_file(toml_file)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class _ValuesOnly(Settings):
+    """Settings validated from the values given and nothing else: no environment, no config.toml."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _check(values: Mapping[str, Any]) -> Settings:
+    """Validate the values a config.toml would hold, as Settings would read them, ignoring the environment."""
+    try:
+        return _ValuesOnly(**values)
+    except ValidationError as exc:
+        keys = {name: key for key, name in config_keys().items()}
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            problems.append(f"{keys.get(name, name or 'config')}: {error['msg']}")
+        raise ConfigError("; ".join(problems)) from exc
+
+
+def set_config_value(home: Path, key: str, raw: str) -> Any:
+    """Validate `raw` for `key` through Settings, then rewrite config.toml atomically; returns the stored value.
+
+    The whole file must validate afterwards, so a bad value never reaches disk. A flat line for the same
+    field is dropped (the sectioned key replaces it). Comments in the file are not kept.
+    """
+    name = field_for_key(key)
+    if name == "home":
+        raise ConfigError(f"{key} cannot be set in config.toml, which lives in the home; use OFFLOAD_HOME or --home")
+    path = config_path(home)
+    document = _read_toml(path)
+    values = file_values(document)
+    values[name] = raw
+    value = getattr(_check(values), name)
+    stored = str(value) if isinstance(value, Path) else value
+    section, leaf = key.strip().split(".")
+    table = document.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {section!r} is a value, not a [{section}] table; fix the file by hand")
+    if name in document and not isinstance(document[name], dict):
+        del document[name]
+    table[leaf] = stored
+    _write_atomically(path, dumps_toml(document))
+    return stored
+
+
+def config_entries(settings: Settings, environ: Mapping[str, str], home: Path) -> list[tuple[str, Any, str]]:
+    """(key, effective value, where it came from) for every key: "env OFFLOAD_X", "config.toml" or "default".
+
+    CLI flags do not reach `offload config`, so these three are all the sources there are.
+    """
+    from_file = read_config_file(config_path(home))
+    env_names = {name.upper() for name in environ}
+    entries = []
+    for key, name in config_keys().items():
+        env_name = f"OFFLOAD_{name.upper()}"
+        if env_name in env_names:
+            source = f"env {env_name}"
+        elif name in from_file:
+            source = "config.toml"
+        else:
+            source = "default"
+        value = getattr(settings, name)
+        entries.append((key, str(value) if isinstance(value, Path) else value, source))
+    return entries
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def dumps_toml(document: Mapping[str, Any]) -> str:
+    """A TOML document from a parsed one: scalars and arrays of scalars, then [tables] (nested as [a.b])."""
+    lines: list[str] = []
+    _dump_table(document, (), lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _dump_table(table: Mapping[str, Any], prefix: tuple[str, ...], lines: list[str]) -> None:
+    scalars = {key: value for key, value in table.items() if not isinstance(value, dict)}
+    tables = {key: value for key, value in table.items() if isinstance(value, dict)}
+    if prefix and (scalars or not tables):
+        lines += ["", "[" + ".".join(_toml_key(part) for part in prefix) + "]"]
+    for key, value in scalars.items():
+        lines.append(f"{_toml_key(key)} = {_toml_value(value, (*prefix, key))}")
+    for key, value in tables.items():
+        _dump_table(value, (*prefix, key), lines)
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(char.isascii() and (char.isalnum() or char in "-_") for char in key)
+    return key if bare else _toml_string(key)
+
+
+def _toml_value(value: Any, where: tuple[str, ...]) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list) and not any(isinstance(item, dict | list) for item in value):
+        return "[" + ", ".join(_toml_value(item, where) for item in value) + "]"
+    if hasattr(value, "isoformat"):  # tomllib's dates and times
+        return str(value.isoformat())
+    raise ConfigError(f"cannot rewrite config.toml: the value at {'.'.join(where)} is not a plain value")
+
+
+def _toml_string(text: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def split_host(value: str) -> tuple[str, int]:

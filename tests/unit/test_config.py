@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from offload.config import DEFAULT_PORT, load_settings, split_host
+from offload.config import (
+    DEFAULT_PORT,
+    ConfigError,
+    Settings,
+    config_entries,
+    config_keys,
+    dumps_toml,
+    load_settings,
+    resolve_home,
+    set_config_value,
+    split_host,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +200,202 @@ def test_invalid_toml_value_rejected(clean_env: Path) -> None:
 def test_log_level_normalized(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFFLOAD_LOG_LEVEL", "WARNING")
     assert load_settings().log_level == "warning"
+
+
+# ---------------------------------------------------------------- backend, gpu_layers, dotted keys, sectioned TOML
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("OFFLOAD_BACKEND", "vulkan", "vulkan"),
+        ("OFFLOAD_BACKEND", "CUDA", "cuda"),
+        ("OFFLOAD_BACKEND", "auto", "auto"),
+        ("OFFLOAD_GPU_LAYERS", "-1", "-1"),
+        ("OFFLOAD_GPU_LAYERS", "0", "0"),
+        ("OFFLOAD_GPU_LAYERS", "33", "33"),
+        ("OFFLOAD_GPU_LAYERS", "AUTO", "auto"),
+        ("OFFLOAD_GPU_LAYERS", " 007 ", "7"),
+    ],
+)
+def test_backend_and_gpu_layers_from_env(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    settings = load_settings()
+    assert getattr(settings, env.removeprefix("OFFLOAD_").lower()) == expected
+
+
+def test_backend_and_gpu_layers_defaults() -> None:
+    settings = load_settings()
+    assert (settings.backend, settings.gpu_layers) == ("auto", "auto")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"backend": "opencl"},
+        {"backend": ""},
+        {"gpu_layers": "-2"},
+        {"gpu_layers": "all"},
+        {"gpu_layers": "1.5"},
+        {"gpu_layers": True},
+        {"gpu_layers": 2.0},
+    ],
+)
+def test_backend_and_gpu_layers_rejected(overrides: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(**overrides)
+
+
+def test_gpu_layers_int_accepted_from_cli_and_toml(clean_env: Path) -> None:
+    assert load_settings(gpu_layers=12).gpu_layers == "12"
+    write_toml(clean_env / ".offload", "[llm]\ngpu_layers = -1\n")
+    assert load_settings().gpu_layers == "-1"
+
+
+def test_every_field_has_one_dotted_key() -> None:
+    keys = config_keys()
+    assert sorted(keys.values()) == sorted(Settings.model_fields)
+    assert all(key.count(".") == 1 for key in keys)
+    assert {"server.host", "server.keep_alive", "llm.backend", "llm.gpu_layers", "llm.num_ctx"} <= set(keys)
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "expected"),
+    [
+        pytest.param('[llm]\nbackend = "vulkan"\n', "backend", "vulkan", id="sectioned"),
+        pytest.param("num_ctx = 8192\n", "num_ctx", 8192, id="flat-compat"),
+        pytest.param("num_ctx = 8192\n[llm]\nnum_ctx = 2048\n", "num_ctx", 2048, id="sectioned-beats-flat"),
+        pytest.param("[runner]\nstart_timeout = 5\n", "runner_start_timeout", 5.0, id="renamed-leaf"),
+        pytest.param('[server]\nhost = "0.0.0.0:1"\n', "host", "0.0.0.0:1", id="server-section"),
+        pytest.param("[llm]\nunknown = 1\n[other]\nx = 2\n", "num_ctx", 4096, id="unknown-ignored"),
+        pytest.param("[llm]\nhost = '1.2.3.4'\n", "host", f"127.0.0.1:{DEFAULT_PORT}", id="wrong-section-ignored"),
+    ],
+)
+def test_sectioned_toml(clean_env: Path, toml: str, field: str, expected: object) -> None:
+    write_toml(clean_env / ".offload", toml)
+    assert getattr(load_settings(), field) == expected
+
+
+def test_env_beats_sectioned_toml(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(clean_env / ".offload", '[llm]\nbackend = "vulkan"\n')
+    monkeypatch.setenv("OFFLOAD_BACKEND", "cpu")
+    assert load_settings().backend == "cpu"
+    assert load_settings(backend="cuda").backend == "cuda"
+
+
+def test_invalid_sectioned_value_rejected(clean_env: Path) -> None:
+    write_toml(clean_env / ".offload", '[llm]\nbackend = "opencl"\n')
+    with pytest.raises(ValidationError):
+        load_settings()
+
+
+def test_toml_that_is_not_toml_is_a_config_error(clean_env: Path) -> None:
+    write_toml(clean_env / ".offload", "num_ctx = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("before", "key", "raw", "stored", "after"),
+    [
+        pytest.param(None, "llm.backend", "Vulkan", "vulkan", {"llm": {"backend": "vulkan"}}, id="new-file"),
+        pytest.param(None, "llm.num_ctx", "8192", 8192, {"llm": {"num_ctx": 8192}}, id="typed-int"),
+        pytest.param(None, "runner.start_timeout", "30", 30.0, {"runner": {"start_timeout": 30.0}}, id="float"),
+        pytest.param(None, "llm.gpu_layers", "-1", "-1", {"llm": {"gpu_layers": "-1"}}, id="gpu-layers"),
+        pytest.param(
+            "num_ctx = 1024\nnum_batch = 64\n",
+            "llm.num_ctx",
+            "2048",
+            2048,
+            {"num_batch": 64, "llm": {"num_ctx": 2048}},
+            id="flat-line-replaced",
+        ),
+        pytest.param(
+            '[llm]\nbackend = "cpu"\n[mine]\nnote = "a \\"quoted\\" é"\n',
+            "server.keep_alive",
+            "1h",
+            "1h",
+            {"llm": {"backend": "cpu"}, "mine": {"note": 'a "quoted" é'}, "server": {"keep_alive": "1h"}},
+            id="other-content-kept",
+        ),
+    ],
+)
+def test_set_config_value(
+    tmp_path: Path, before: str | None, key: str, raw: str, stored: object, after: dict[str, object]
+) -> None:
+    if before is not None:
+        write_toml(tmp_path, before)
+    assert set_config_value(tmp_path, key, raw) == stored
+    assert tomllib.loads((tmp_path / "config.toml").read_text()) == after
+    assert not list(tmp_path.glob(".config.*"))  # no temporary file left behind
+    assert getattr(load_settings(home=tmp_path), config_keys()[key]) == stored
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "message"),
+    [
+        ("llm.nope", "1", "unknown config key 'llm.nope'; known keys: server.host"),
+        ("num_ctx", "1", "unknown config key"),
+        ("llm.num_ctx", "10", "llm.num_ctx: "),
+        ("llm.num_ctx", "many", "llm.num_ctx: "),
+        ("llm.backend", "opencl", "llm.backend: "),
+        ("llm.gpu_layers", "-5", "llm.gpu_layers: "),
+        ("server.home", "/tmp/x", "OFFLOAD_HOME"),  # noqa: S108 (never written)
+        ("server.host", "ftp://x", "server.host: "),
+    ],
+)
+def test_set_config_value_rejects_without_writing(tmp_path: Path, key: str, raw: str, message: str) -> None:
+    write_toml(tmp_path, "num_batch = 64\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        set_config_value(tmp_path, key, raw)
+    assert (tmp_path / "config.toml").read_text() == "num_batch = 64\n"
+
+
+def test_set_ignores_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_NUM_CTX", "10")  # invalid, but config.toml is not the environment
+    assert set_config_value(tmp_path, "llm.num_batch", "128") == 128
+
+
+def test_set_refuses_a_section_that_is_a_value(tmp_path: Path) -> None:
+    write_toml(tmp_path, "llm = 3\n")
+    with pytest.raises(ConfigError, match="not a \\[llm\\] table"):
+        set_config_value(tmp_path, "llm.backend", "cpu")
+
+
+def test_config_entries_sources(tmp_path: Path) -> None:
+    write_toml(tmp_path, "[llm]\nnum_ctx = 8192\n")
+    settings = load_settings(home=tmp_path)
+    environ = {"offload_backend": "cpu"}
+    entries = {key: (value, source) for key, value, source in config_entries(settings, environ, tmp_path)}
+    assert entries["llm.num_ctx"] == (8192, "config.toml")
+    assert entries["llm.backend"] == ("auto", "env OFFLOAD_BACKEND")  # settings came from elsewhere; source by name
+    assert entries["llm.gpu_layers"] == ("auto", "default")
+    assert entries["server.home"] == (str(tmp_path.resolve()), "default")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, ".offload"), ({"OFFLOAD_HOME": "/srv/o"}, "/srv/o"), ({"offload_home": "/srv/p"}, "/srv/p")],
+)
+def test_resolve_home(clean_env: Path, environ: dict[str, str], expected: str) -> None:
+    assert resolve_home(environ) == (clean_env / expected).resolve()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"a": 1, "b": True, "c": 1.5, "d": "x\\y\"z\n\t\x01\x7f", "e": [1, "two"]},
+        {"t": {"inner": {"deep": "v"}}, "top": float("inf")},
+        {"weird key": {"ok-key_1": "é ☃ 😀"}},
+        {"empty": {}},
+    ],
+)
+def test_dumps_toml_round_trips(document: dict[str, object]) -> None:
+    assert tomllib.loads(dumps_toml(document)) == document
+
+
+def test_dumps_toml_refuses_arrays_of_tables() -> None:
+    with pytest.raises(ConfigError, match="x"):
+        dumps_toml({"x": [{"a": 1}]})
