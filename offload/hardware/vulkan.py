@@ -131,7 +131,8 @@ def driver_version_text(vendor_id: int, version: int) -> str:
 def probe(system: System, libvulkan: Library, searched: str) -> ProbeResult:
     """Every Vulkan device ggml-vulkan could use; never raises."""
     if libvulkan.path is None:
-        return ProbeResult(rejections=(Rejection(PROBE, libvulkan.name, f"not found; searched {searched}"),))
+        reason = f"{libvulkan.name} not found; searched {searched}"
+        return ProbeResult(rejections=(Rejection(PROBE, libvulkan.name, reason),))
     try:
         lib = system.load_library(libvulkan.path)
         listed = enumerate_devices(lib)
