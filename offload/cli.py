@@ -175,6 +175,13 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help=_describe("log_level"), show_default=_default_text("log_level"))
     ] = None,
+    gpu_backend: Annotated[
+        str | None,
+        typer.Option("--gpu-backend", help=_describe("backend"), show_default=_default_text("backend")),
+    ] = None,
+    gpu_layers: Annotated[
+        str | None, typer.Option(help=_describe("gpu_layers"), show_default=_default_text("gpu_layers"))
+    ] = None,
     import_starter: Annotated[
         bool,
         typer.Option(
@@ -191,6 +198,8 @@ def serve(
         "num_ctx": num_ctx,
         "num_threads": num_threads,
         "log_level": log_level,
+        "backend": gpu_backend,
+        "gpu_layers": gpu_layers,
     }
     settings = _settings(**flags)
     if port is not None:
@@ -464,6 +473,20 @@ def create(
         if gguf is not None:
             body["files"] = {gguf.name: upload(api, gguf, _stderr())}
         show_statuses(api.stream("/api/create", body), _stderr())
+
+
+def _register_subcommands() -> None:
+    # Sub-apps live in their own modules; they import nothing heavy at module level either.
+    from offload.cli_backends import backends_app
+    from offload.cli_config import config_app
+    from offload.cli_doctor import doctor
+
+    app.add_typer(backends_app, name="backends")
+    app.add_typer(config_app, name="config")
+    app.command(name="doctor")(doctor)
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -18,6 +18,7 @@
     ├── StarterUnavailable            500 starter_unavailable
     └── RunnerError                   500 runner_error
         ├── RunnerStartFailed         500 runner_start_failed
+        │   └── BackendUnusable       500 backend_unusable
         └── RunnerCrashed             500 runner_crashed
 
 Foreign exceptions are translated where they enter offload (`raise X(...) from exc`); the API layer maps
@@ -111,6 +112,12 @@ class RunnerError(OffloadError):
 
 class RunnerStartFailed(RunnerError):
     code = "runner_start_failed"
+
+
+class BackendUnusable(RunnerStartFailed):
+    """The runner's llama.cpp build cannot run the chosen backend (it exited 78): the next backend is tried."""
+
+    code = "backend_unusable"
 
 
 class RunnerCrashed(RunnerError):

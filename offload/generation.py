@@ -40,6 +40,7 @@ class GenerateRequest:
     context: tuple[int, ...] = ()  # tokens placed before the prompt (Ollama's /api/generate `context`)
     return_context: bool = False  # the final chunk carries prompt + output tokens
     num_ctx: int | None = None
+    num_gpu: int | None = None  # layers to offload: -1 all, 0 none, None the server's gpu_layers setting
     keep_alive: float | None = None  # seconds; negative keeps loaded forever, None uses the default
 
 
@@ -64,6 +65,7 @@ class EmbedRequest:
     inputs: tuple[str, ...]
     truncate: bool = True  # cut inputs longer than the context instead of failing
     num_ctx: int | None = None
+    num_gpu: int | None = None
     keep_alive: float | None = None
 
 

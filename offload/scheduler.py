@@ -16,10 +16,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
+from offload.backend_plan import BackendPlan, gpu_layers_for, plan_for
 from offload.config import Settings
 from offload.durations import parse_keep_alive
+from offload.errors import BackendUnusable
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.models.store import StoredModel
 from offload.runner.process import RunnerProcess
@@ -41,11 +44,12 @@ class Runner(Protocol):
     async def close(self) -> None: ...
 
 
-RunnerFactory = Callable[[LoadOptions, str], Runner]
+RunnerFactory = Callable[[LoadOptions, str, Path | None], Runner]
+PlanFactory = Callable[[Settings], BackendPlan]
 
 
-def _spawn(options: LoadOptions, name: str) -> Runner:
-    return RunnerProcess(options, name=name)
+def _spawn(options: LoadOptions, name: str, library_path: Path | None) -> Runner:
+    return RunnerProcess(options, name=name, library_path=library_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,9 @@ class _Loaded:
     info: LoadedInfo
     keep_alive: float
     n_ctx: int  # as requested; llama.cpp may round the context it allocates
+    num_gpu: int | None = None  # as requested (None: the server's setting)
+    fallbacks: tuple[str, ...] = ()  # "cuda: <why it could not run>" for each backend skipped on the way
+    warning: str | None = None  # said loudly when GPU layers were asked for and none landed
     active: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -74,6 +81,33 @@ class _Loaded:
             return _FAR_FUTURE
         remaining = self.keep_alive - (time.monotonic() - self.idle_since)
         return datetime.now(UTC) + timedelta(seconds=max(0.0, remaining))
+
+
+def running_model(name: str, entry: _Loaded) -> RunningModel:
+    """What /api/ps shows of a loaded model: sizes from the runner's load report, not from estimates."""
+    info = entry.info
+    report = info.placement or {}
+    devices = report.get("devices", [])
+    total = sum(sum(d["buffers"].values()) for d in devices) or info.model_size
+    on_gpu = sum(sum(d["buffers"].values()) for d in devices if not str(d["name"]).upper().startswith("CPU"))
+    return RunningModel(
+        name=name,
+        model_digest=entry.model.model_digest,
+        size=total,
+        size_vram=on_gpu,
+        expires_at=entry.expires_at(),
+        context_length=info.n_ctx,
+        placement={
+            "backend": info.backend,
+            "layers_on_gpu": info.layers_on_gpu,
+            "layers_total": report.get("layers_total") or info.n_layer + 1,
+            "devices": devices,
+            "verified": bool(report.get("verified")),
+            "gpu_memory": info.gpu_memory,
+            "fallbacks": list(entry.fallbacks),
+            "warning": entry.warning,
+        },
+    )
 
 
 def wanted_context(requested: int | None, default: int, trained: int | None) -> int:
@@ -87,9 +121,13 @@ def expired(entry_active: int, keep_alive: float, idle_for: float) -> bool:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, runner_factory: RunnerFactory = _spawn) -> None:
+    def __init__(
+        self, settings: Settings, runner_factory: RunnerFactory = _spawn, plan_factory: PlanFactory = plan_for
+    ) -> None:
         self.settings = settings
         self._factory = runner_factory
+        self._plan_factory = plan_factory
+        self._plan: BackendPlan | None = None
         self._loaded: dict[str, _Loaded] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._default_keep_alive = parse_keep_alive(settings.keep_alive, param="OFFLOAD_KEEP_ALIVE") or 0.0
@@ -97,7 +135,7 @@ class Scheduler:
 
     # ---- what the API calls --------------------------------------------------------------------------------
     async def generate(self, model: StoredModel, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive)
+        entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive, request.num_gpu)
         try:
             async for chunk in entry.runner.generate(request):
                 yield dataclasses.replace(chunk, load_duration=load_ns) if chunk.done else chunk
@@ -105,7 +143,7 @@ class Scheduler:
             await self._release(entry)
 
     async def embed(self, model: StoredModel, request: EmbedRequest) -> EmbedResult:
-        entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive)
+        entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive, request.num_gpu)
         try:
             result = await entry.runner.embed(request)
         finally:
@@ -136,31 +174,9 @@ class Scheduler:
         return True
 
     def running(self) -> list[RunningModel]:
-        models = []
-        for name, entry in self._loaded.items():
-            if entry.runner.has_exited():
-                continue
-            info = entry.info
-            models.append(
-                RunningModel(
-                    name=name,
-                    model_digest=entry.model.model_digest,
-                    size=info.model_size,
-                    size_vram=info.model_size if info.layers_on_gpu > info.n_layer else 0,
-                    expires_at=entry.expires_at(),
-                    context_length=info.n_ctx,
-                    placement={
-                        "backend": info.backend,
-                        "layers_on_gpu": info.layers_on_gpu,
-                        "layers_total": info.n_layer + 1,
-                        "devices": info.devices,
-                        # CPU-only: nothing was offloaded, which the build itself guarantees. GPU placement is
-                        # verified from the runner's buffer report once GPU backends land.
-                        "verified": info.layers_on_gpu == 0 and not info.supports_gpu_offload,
-                    },
-                )
-            )
-        return models
+        return [
+            running_model(name, entry) for name, entry in self._loaded.items() if not entry.runner.has_exited()
+        ]
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -174,7 +190,7 @@ class Scheduler:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def _acquire(
-        self, model: StoredModel, num_ctx: int | None, keep_alive: float | None
+        self, model: StoredModel, num_ctx: int | None, keep_alive: float | None, num_gpu: int | None = None
     ) -> tuple[_Loaded, int]:
         """A ready runner for `model`, counted as busy until `_release`; also the load time if one was started."""
         self._ensure_reaper()
@@ -182,14 +198,14 @@ class Scheduler:
         async with self._lock(name):
             entry = self._loaded.get(name)
             n_ctx = wanted_context(num_ctx, self.settings.num_ctx, entry.info.n_ctx_train if entry else None)
-            if entry is not None and self._must_reload(entry, model, n_ctx):
+            if entry is not None and self._must_reload(entry, model, n_ctx, num_gpu):
                 self._loaded.pop(name)
                 await entry.runner.close()
                 entry = None
             load_ns = 0
             if entry is None:
                 started = time.perf_counter_ns()
-                entry = await self._start(model, n_ctx)
+                entry = await self._start(model, n_ctx, num_gpu)
                 load_ns = time.perf_counter_ns() - started
                 self._loaded[name] = entry
             if keep_alive is not None:
@@ -197,7 +213,7 @@ class Scheduler:
             entry.active += 1
             return entry, load_ns
 
-    def _must_reload(self, entry: _Loaded, model: StoredModel, n_ctx: int) -> bool:
+    def _must_reload(self, entry: _Loaded, model: StoredModel, n_ctx: int, num_gpu: int | None) -> bool:
         if entry.runner.has_exited():
             log.warning("runner for %s had exited; starting a new one", model.name)
             return True
@@ -205,21 +221,66 @@ class Scheduler:
         # one keeps serving until its requests are done.
         if entry.active:
             return False
-        return entry.model.model_digest != model.model_digest or entry.n_ctx != n_ctx
+        changed_gpu = num_gpu is not None and num_gpu != entry.num_gpu
+        return entry.model.model_digest != model.model_digest or entry.n_ctx != n_ctx or changed_gpu
 
-    async def _start(self, model: StoredModel, n_ctx: int) -> _Loaded:
-        options = LoadOptions(
-            model_path=str(model.model_path),
-            n_ctx=n_ctx,
-            n_batch=self.settings.num_batch,
-            n_threads=self.settings.num_threads,
-        )
-        runner = self._factory(options, model.name.display)
-        info = await runner.start(self.settings.runner_start_timeout)
+    async def _start(self, model: StoredModel, n_ctx: int, num_gpu: int | None) -> _Loaded:
+        """Try the plan's backends in order. A runner that exits 78 (backend unusable) is followed at once by the
+        next candidate, loudly; a backend the user forced gets an error instead of a fallback."""
+        if self._plan is None:
+            self._plan = await asyncio.to_thread(self._plan_factory, self.settings)
+        plan = self._plan
+        if not plan.candidates:
+            raise BackendUnusable(f"no backend can load {model.name}: {plan.reason}")
+        fallbacks: list[str] = []
+        for candidate in plan.candidates:
+            layers = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
+            options = LoadOptions(
+                model_path=str(model.model_path),
+                n_ctx=n_ctx,
+                n_batch=self.settings.num_batch,
+                n_threads=self.settings.num_threads,
+                n_gpu_layers=layers,
+                backend=candidate.backend,
+            )
+            runner = self._factory(options, model.name.display, candidate.library_path)
+            try:
+                info = await runner.start(self.settings.runner_start_timeout)
+            except BackendUnusable as exc:
+                if plan.forced:
+                    raise BackendUnusable(
+                        f"backend {candidate.backend} was requested but cannot run: {exc.message}"
+                    ) from exc
+                fallbacks.append(f"{candidate.backend}: {exc.message}")
+                log.warning("FALLBACK: backend %s cannot run %s: %s", candidate.backend, model.name, exc.message)
+                continue
+            return self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks))
+        tried = "; ".join(fallbacks) or "no backend was found"
+        raise BackendUnusable(f"no backend could load {model.name}: {tried}")
+
+    def _loaded_entry(
+        self,
+        model: StoredModel,
+        runner: Runner,
+        info: LoadedInfo,
+        n_ctx: int,
+        num_gpu: int | None,
+        layers_asked: int,
+        fallbacks: tuple[str, ...],
+    ) -> _Loaded:
+        warning = None
+        if layers_asked and info.layers_on_gpu == 0:
+            warning = f"{layers_asked} GPU layers were asked for, but every layer runs on the CPU"
+            log.error("GPU NOT USED for %s: %s (devices: %s)", model.name, warning, ", ".join(info.devices))
+        devices = (info.placement or {}).get("devices", [])
         log.info(
-            "inference compute model=%s backend=%s layers_on_gpu=%d/%d ctx=%d weights=%.1fMiB load=%.2fs",
-            model.name, info.backend, info.layers_on_gpu, info.n_layer + 1, info.n_ctx,
-            info.model_size / 2**20, info.load_duration / 1e9,
+            "inference compute model=%s backend=%s layers_on_gpu=%d/%d devices=%s ctx=%d weights=%.1fMiB "
+            "gpu_memory=%s load=%.2fs%s",
+            model.name, info.backend, info.layers_on_gpu, info.n_layer + 1,
+            ",".join(f"{d['name']}:{d['layers']}" for d in devices),
+            info.n_ctx, info.model_size / 2**20,
+            f"{info.gpu_memory / 2**20:.0f}MiB" if info.gpu_memory is not None else "n/a",
+            info.load_duration / 1e9, f" after fallback from {'; '.join(fallbacks)}" if fallbacks else "",
         )
         trained = info.n_ctx_train
         return _Loaded(
@@ -228,6 +289,9 @@ class Scheduler:
             info=info,
             keep_alive=self._default_keep_alive,
             n_ctx=min(n_ctx, trained) if trained else n_ctx,
+            num_gpu=num_gpu,
+            fallbacks=fallbacks,
+            warning=warning,
         )
 
     async def _release(self, entry: _Loaded) -> None:

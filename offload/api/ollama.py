@@ -72,6 +72,7 @@ def generate_request(
         context=tuple(context),
         return_context=return_context,
         num_ctx=options.num_ctx,
+        num_gpu=options.num_gpu,
         keep_alive=keep_alive,
     )
 

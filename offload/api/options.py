@@ -45,6 +45,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "repeat_penalty": (0, None),
     "repeat_last_n": (-1, None),  # -1: the whole context (Ollama)
     "num_ctx": (1, None),
+    "num_gpu": (-1, None),  # -1: every layer that fits (Ollama); 0: CPU only
     "num_predict": (-2, None),  # -1: no limit, -2: until the context is full (both: no limit here)
     "seed": (-(2**63), 2**64 - 1),
 }
@@ -59,6 +60,7 @@ class ResolvedOptions:
     num_predict: int | None = None
     stop: tuple[str, ...] = ()
     num_ctx: int | None = None
+    num_gpu: int | None = None
 
 
 def resolve_options(
@@ -90,6 +92,7 @@ def resolve_options(
     num_predict: int | None = None
     stop: tuple[str, ...] = ()
     num_ctx: int | None = None
+    num_gpu: int | None = None
     updates: dict[str, Any] = {}
     for key, (raw, where) in merged.items():
         param = where + key
@@ -108,9 +111,11 @@ def resolve_options(
             num_predict = None if value < 0 else value
         elif key == "num_ctx":
             num_ctx = value
+        elif key == "num_gpu":
+            num_gpu = value
     if updates:
         sampling = replace(sampling, **updates)
-    return ResolvedOptions(sampling=sampling, num_predict=num_predict, stop=stop, num_ctx=num_ctx)
+    return ResolvedOptions(sampling=sampling, num_predict=num_predict, stop=stop, num_ctx=num_ctx, num_gpu=num_gpu)
 
 
 def _checked(key: str, raw: Any, param: str) -> Any:

@@ -12,7 +12,15 @@ from fastapi.responses import JSONResponse
 from offload.api import ollama
 from offload.api.deps import AppState, get_state, parse_body
 from offload.api.options import parse_keep_alive, resolve_options
-from offload.api.streaming import CLIENT_GONE, Generation, collect, encode_stream, ndjson, streaming_response
+from offload.api.streaming import (
+    CLIENT_GONE,
+    Generation,
+    collect,
+    encode_stream,
+    ndjson,
+    placement_headers,
+    streaming_response,
+)
 from offload.api.wire import OllamaChat, OllamaEmbed, OllamaEmbeddings, OllamaGenerate
 from offload.errors import BadRequest, OffloadError
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
@@ -119,13 +127,15 @@ async def _respond(
         metrics=state.metrics,
         started=started,
     )
+    generation.headers = placement_headers(state.scheduler.running(), str(stored.name))
     if not stream:
         outcome = await collect(generation, request)
         if outcome is None:
             return Response(status_code=CLIENT_GONE)
         text, final = outcome
         return JSONResponse(
-            line(model, ollama.rfc3339_nano(), final, text=text, total_duration=generation.elapsed_ns())
+            line(model, ollama.rfc3339_nano(), final, text=text, total_duration=generation.elapsed_ns()),
+            headers=generation.headers,
         )
 
     def encode(chunk: Chunk) -> list[bytes]:
@@ -135,7 +145,7 @@ async def _respond(
     def encode_error(error: OffloadError) -> bytes:
         return ndjson({"error": error.message})
 
-    return streaming_response(encode_stream(generation, encode, encode_error), NDJSON)
+    return streaming_response(encode_stream(generation, encode, encode_error), NDJSON, generation.headers)
 
 
 @router.post("/api/embed")
@@ -169,6 +179,7 @@ async def embed(request: Request) -> Response:
             inputs=inputs,
             truncate=wire.truncate is not False,
             num_ctx=opts.num_ctx,
+            num_gpu=opts.num_gpu,
             keep_alive=keep_alive,
         ),
     )
@@ -193,6 +204,7 @@ async def embeddings(request: Request) -> Response:
             model=str(stored.name),
             inputs=(wire.prompt,),
             num_ctx=opts.num_ctx,
+            num_gpu=opts.num_gpu,
             keep_alive=keep_alive,
         ),
     )

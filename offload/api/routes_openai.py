@@ -13,7 +13,15 @@ from offload.api import ollama, openai
 from offload.api.deps import AppState, get_state, parse_body
 from offload.api.errors import openai_body
 from offload.api.options import resolve_options
-from offload.api.streaming import CLIENT_GONE, Generation, collect, encode_stream, sse, streaming_response
+from offload.api.streaming import (
+    CLIENT_GONE,
+    Generation,
+    collect,
+    encode_stream,
+    placement_headers,
+    sse,
+    streaming_response,
+)
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIEmbeddings
 from offload.errors import BadRequest, OffloadError
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
@@ -46,7 +54,9 @@ async def chat_completions(request: Request) -> Response:
         if outcome is None:
             return Response(status_code=CLIENT_GONE)
         text, final = outcome
-        return JSONResponse(openai.chat_completion(completion_id, created, wire.model, text, final))
+        return JSONResponse(
+            openai.chat_completion(completion_id, created, wire.model, text, final), headers=generation.headers
+        )
 
     include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
 
@@ -93,7 +103,7 @@ async def chat_completions(request: Request) -> Response:
             )
         )
     ]
-    return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE)
+    return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE, generation.headers)
 
 
 @router.post("/v1/completions")
@@ -115,7 +125,10 @@ async def completions(request: Request) -> Response:
         if outcome is None:
             return Response(status_code=CLIENT_GONE)
         text, final = outcome
-        return JSONResponse(openai.text_completion(completion_id, created, wire.model, echoed + text, final))
+        return JSONResponse(
+            openai.text_completion(completion_id, created, wire.model, echoed + text, final),
+            headers=generation.headers,
+        )
 
     include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
 
@@ -154,18 +167,20 @@ async def completions(request: Request) -> Response:
         if echoed
         else []
     )
-    return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE)
+    return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE, generation.headers)
 
 
 async def _start(
     state: AppState, stored: StoredModel, internal: GenerateRequest, started: float
 ) -> Generation:
-    return await Generation.start(
+    generation = await Generation.start(
         state.scheduler.generate(stored, internal),
         model=str(stored.name),
         metrics=state.metrics,
         started=started,
     )
+    generation.headers = placement_headers(state.scheduler.running(), str(stored.name))
+    return generation
 
 
 def _encode_error(error: OffloadError) -> bytes:
@@ -185,7 +200,7 @@ async def embeddings(request: Request) -> Response:
     stored = await state.resolve(wire.model)
     opts = resolve_options(stored.parameters, {}, prefix="")
     result = await state.scheduler.embed(
-        stored, EmbedRequest(model=str(stored.name), inputs=inputs, num_ctx=opts.num_ctx)
+        stored, EmbedRequest(model=str(stored.name), inputs=inputs, num_ctx=opts.num_ctx, num_gpu=opts.num_gpu)
     )
     return JSONResponse(
         openai.embeddings_response(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -19,6 +19,7 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from offload.api.deps import RunningModelLike
 from offload.api.errors import internal_error
 from offload.api.metrics import Metrics
 from offload.errors import OffloadError, RunnerError
@@ -71,6 +72,7 @@ class Generation:
         self._source = source
         self._first = first
         self.model = model
+        self.headers: dict[str, str] = {}  # set by the route once the model is loaded (placement warnings)
         self.started = started
         self._metrics = metrics
 
@@ -196,5 +198,18 @@ def encode_stream(
     return body()
 
 
-def streaming_response(body: AsyncIterator[bytes], media_type: str) -> ClosingStreamingResponse:
-    return ClosingStreamingResponse(body, media_type=media_type, headers=STREAM_HEADERS)
+def streaming_response(
+    body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None
+) -> ClosingStreamingResponse:
+    return ClosingStreamingResponse(body, media_type=media_type, headers={**STREAM_HEADERS, **(headers or {})})
+
+
+WARNING_HEADER = "X-Offload-Warning"
+
+
+def placement_headers(running: Sequence[RunningModelLike], name: str) -> dict[str, str]:
+    """A loud header when the model that served this request asked for GPU layers and got none."""
+    for model in running:
+        if model.name == name and model.placement.get("warning"):
+            return {WARNING_HEADER: str(model.placement["warning"])}
+    return {}

@@ -2,12 +2,15 @@
 
 Threads: a reader thread turns frames into a queue; the main thread owns llama.cpp and runs the engine loop,
 taking control messages between steps. Exit codes: 0 after shutdown or when the server went away,
-70 on an internal error, 78 when the model could not be loaded (the backend is unusable).
+1 when the model could not be loaded, 70 on an internal error, 78 when this llama.cpp build cannot run the backend
+the server chose (no library, no driver, no device): the server then tries the next backend.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import queue
@@ -16,16 +19,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
-# Nothing imported here loads numpy before offload.runner.llamacpp loads libllama: on the GPU machine the reverse
-# order crashed inside llama_model_load_from_file (../shared/gpu/README.md).
-from offload.errors import OffloadError
+# Nothing imported at the top loads numpy or llama.cpp: _load imports offload.runner.llamacpp (libllama) first; on
+# the GPU machine numpy-before-llama.cpp crashed inside llama_model_load_from_file (../shared/gpu/README.md).
+from offload.errors import BackendUnusable, OffloadError
 from offload.generation import EmbedRequest, GenerateRequest, from_wire, to_wire
 from offload.hardware.cpu import physical_cores
-from offload.runner import llamacpp
-from offload.runner.engine import Engine
+from offload.runner.gpumem import process_gpu_memory
+from offload.runner.placement import parse_load_log
 from offload.runner.protocol import LoadedInfo, LoadOptions, Message, SyncChannel
 
+if TYPE_CHECKING:
+    from offload.runner.engine import Engine
+
+EXIT_LOAD_FAILED = 1
 EXIT_INTERNAL = 70
 EXIT_UNUSABLE = 78
 log = logging.getLogger("offload.runner")
@@ -40,16 +48,51 @@ def _reader(channel: SyncChannel, inbox: queue.Queue[Message | None]) -> None:
     inbox.put(None)  # the server went away
 
 
+class _Tee(io.TextIOBase):
+    """Writes to the real stderr and keeps a copy: llama.cpp's load report, which placement.py reads."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.copy = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
 def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine, LoadedInfo]:
+    """Load the model with the llama.cpp build on PYTHONPATH. BackendUnusable when that build cannot do the backend
+    the server chose; the placement comes from llama.cpp's own load report."""
     started = time.perf_counter_ns()
+    try:
+        # Imported here, not at the top: a build whose libraries cannot load (no driver, wrong CUDA) must turn into
+        # a reason on the socket and exit code 78, not an ImportError before the server hears anything.
+        from offload.runner import llamacpp
+        from offload.runner.engine import Engine
+    except (OSError, ImportError, RuntimeError) as exc:
+        raise BackendUnusable(f"llama.cpp did not load: {exc}") from exc
     threads = options.n_threads or physical_cores()
-    model = llamacpp.Model(options.model_path, options.n_gpu_layers)
-    n_ctx = min(options.n_ctx, model.facts.n_ctx_train) if model.facts.n_ctx_train > 0 else options.n_ctx
-    context = llamacpp.Context(
-        model, n_ctx=n_ctx, n_batch=options.n_batch, n_threads=threads, n_seq_max=options.n_seq_max
-    )
+    tee = _Tee(sys.stderr)
+    with contextlib.redirect_stderr(tee):
+        llamacpp.C.llama_backend_init()
+        devices = llamacpp.ggml_devices()
+        gpus = [d for d in devices if d.is_gpu]
+        if options.backend != "cpu" and not gpus:
+            raise BackendUnusable(
+                f"this llama.cpp build sees no {options.backend} device (it lists: "
+                f"{', '.join(d.name for d in devices) or 'nothing'})"
+            )
+        model = llamacpp.Model(options.model_path, options.n_gpu_layers if gpus else 0)
+        n_ctx = min(options.n_ctx, model.facts.n_ctx_train) if model.facts.n_ctx_train > 0 else options.n_ctx
+        context = llamacpp.Context(
+            model, n_ctx=n_ctx, n_batch=options.n_batch, n_threads=threads, n_seq_max=options.n_seq_max
+        )
+    report = parse_load_log(tee.copy.getvalue())
     facts = model.facts
-    on_gpu = min(options.n_gpu_layers, facts.n_layer + 1) if facts.supports_gpu_offload else 0
+    backend = options.backend if report.layers_on_gpu else "cpu"
     info = LoadedInfo(
         n_ctx=context.n_ctx,
         n_ctx_train=facts.n_ctx_train,
@@ -59,9 +102,11 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         model_size=facts.size,
         load_duration=time.perf_counter_ns() - started,
         supports_gpu_offload=facts.supports_gpu_offload,
-        layers_on_gpu=on_gpu,
-        backend="cpu" if on_gpu == 0 else "gpu",
-        devices=("cpu",),
+        layers_on_gpu=report.layers_on_gpu,
+        backend=backend,
+        devices=tuple(d.name for d in devices),
+        placement=report.to_json(),
+        gpu_memory=process_gpu_memory(os.getpid()) if gpus else None,
     )
     return Engine(model, context, emit, n_threads=threads), info
 
@@ -75,9 +120,13 @@ def serve(channel: SyncChannel) -> int:
         return EXIT_INTERNAL
     try:
         engine, info = _load(from_wire(LoadOptions, first["options"]), channel.send)
-    except OffloadError as exc:
+    except BackendUnusable as exc:
+        log.error("backend unusable: %s", exc.message)
         channel.send({"op": "error", "code": exc.code, "message": exc.message})
         return EXIT_UNUSABLE
+    except OffloadError as exc:
+        channel.send({"op": "error", "code": exc.code, "message": exc.message})
+        return EXIT_LOAD_FAILED
     channel.send({"op": "loaded", "info": to_wire(info)})
 
     inbox: queue.Queue[Message | None] = queue.Queue()

@@ -40,6 +40,54 @@ def _ggml_library(name: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(Path(C._lib._name).parent / name))
 
 
+@dataclass(frozen=True, slots=True)
+class GgmlDevice:
+    name: str  # "CPU", "CUDA0", "Vulkan0", ...
+    description: str
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+    free: int
+    total: int
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind in {"gpu", "igpu"}
+
+
+_DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")
+
+
+def ggml_devices() -> list[GgmlDevice]:
+    """The devices this llama.cpp build itself can use, as its backend registry lists them."""
+    base = _ggml_library("libggml.so")  # the backend registry lives in libggml, not libggml-base
+    base.ggml_backend_dev_count.restype = ctypes.c_size_t
+    base.ggml_backend_dev_get.restype = ctypes.c_void_p
+    base.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(base, name).restype = ctypes.c_char_p
+        getattr(base, name).argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_type.restype = ctypes.c_int
+    base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)
+    ]
+    devices = []
+    for index in range(int(base.ggml_backend_dev_count())):
+        handle = base.ggml_backend_dev_get(index)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        base.ggml_backend_dev_memory(handle, ctypes.byref(free), ctypes.byref(total))
+        kind = int(base.ggml_backend_dev_type(handle))
+        devices.append(
+            GgmlDevice(
+                name=(base.ggml_backend_dev_name(handle) or b"").decode(errors="replace"),
+                description=(base.ggml_backend_dev_description(handle) or b"").decode(errors="replace"),
+                kind=_DEVICE_KINDS[kind] if 0 <= kind < len(_DEVICE_KINDS) else "unknown",
+                free=int(free.value),
+                total=int(total.value),
+            )
+        )
+    return devices
+
+
 class Threadpool:
     """A persistent pool of decode threads. Without one, ggml creates and joins a fresh pool for every graph it
     computes, once per generated token: measured 10% of single-stream decode speed on 2 cores (docs/BENCHMARKS.md).

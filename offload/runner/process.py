@@ -14,10 +14,12 @@ import contextlib
 import enum
 import itertools
 import logging
+import os
 import socket
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from offload.errors import OffloadError, RunnerCrashed, RunnerStartFailed, from_code
@@ -37,9 +39,10 @@ class State(enum.Enum):
 
 
 class RunnerProcess:
-    def __init__(self, options: LoadOptions, *, name: str = "") -> None:
+    def __init__(self, options: LoadOptions, *, name: str = "", library_path: Path | None = None) -> None:
         self.options = options
         self.name = name or options.model_path
+        self.library_path = library_path  # a backend variant's directory, put first on the runner's PYTHONPATH
         self.state = State.STOPPED
         self.info: LoadedInfo | None = None
         self.pid: int | None = None
@@ -62,6 +65,7 @@ class RunnerProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "offload.runner", "--fd", str(child.fileno()),
                 pass_fds=(child.fileno(),),
+                env=self._environment(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -89,6 +93,14 @@ class RunnerProcess:
         self.state = State.READY
         self._tasks.append(asyncio.create_task(self._route(), name=f"runner-route-{self.pid}"))
         return info
+
+    def _environment(self) -> dict[str, str] | None:
+        """The runner inherits the server's environment; a variant's llama_cpp package shadows the venv's."""
+        if self.library_path is None:
+            return None
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.library_path), env.get("PYTHONPATH", "")) if p)
+        return env
 
     async def _await_loaded(self) -> LoadedInfo:
         assert self._reader is not None

@@ -43,6 +43,7 @@ class LoadOptions:
     n_threads: int = 0  # 0: the runner decides
     n_gpu_layers: int = 0
     n_seq_max: int = 1
+    backend: str = "cpu"  # what the server chose; the runner exits 78 if its llama.cpp build cannot do it
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ class LoadedInfo:
     layers_on_gpu: int
     backend: str
     devices: tuple[str, ...] = ()
+    placement: dict[str, Any] | None = None  # placement.LoadReport.to_json(): layers and buffers per device
+    gpu_memory: int | None = None  # this process's GPU memory from NVML, bytes, where NVML is available
 
 
 def encode(message: Message) -> bytes:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from offload.errors import OffloadError
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
+from offload.runner.placement import LoadReport
 from offload.runner.protocol import LoadedInfo, LoadOptions
 
 Script = Callable[[GenerateRequest], Sequence[Chunk]]
@@ -48,6 +50,7 @@ class FakeRunner:
     # When set, every generation waits on it after its first chunk: the runner stays busy until the test says so.
     gate: asyncio.Event | None = None
     info: LoadedInfo | None = None
+    library_path: Path | None = None
     starts: int = 0
     closes: int = 0
     exited: bool = False
@@ -71,7 +74,11 @@ class FakeRunner:
             supports_gpu_offload=False,
             layers_on_gpu=0,
             backend="cpu",
-            devices=("cpu",),
+            devices=("CPU",),
+            # What the real runner reads from llama.cpp's load report: every layer on the CPU.
+            placement=LoadReport(
+                layers={"CPU": self.n_layer + 1}, buffers={"CPU": {"model": self.model_size}}
+            ).to_json(),
         )
         return self.info
 
@@ -114,8 +121,8 @@ class FakeRunnerFactory:
     configure: Callable[[FakeRunner], None] | None = None
     runners: list[FakeRunner] = field(default_factory=list)
 
-    def __call__(self, options: LoadOptions, name: str) -> FakeRunner:
-        runner = FakeRunner(options, name)
+    def __call__(self, options: LoadOptions, name: str, library_path: Path | None = None) -> FakeRunner:
+        runner = FakeRunner(options, name, library_path=library_path)
         if self.configure is not None:
             self.configure(runner)
         self.runners.append(runner)

@@ -13,8 +13,9 @@ from typing import TypeVar
 import pytest
 
 from offload import scheduler as scheduler_module
-from offload.config import load_settings
-from offload.errors import RunnerCrashed, RunnerStartFailed
+from offload.backend_plan import ALL_LAYERS, BackendPlan, Candidate, gpu_layers_for
+from offload.config import Settings, load_settings
+from offload.errors import BackendUnusable, RunnerCrashed, RunnerStartFailed
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
 from offload.models.names import parse_name
 from offload.models.store import StoredModel
@@ -53,6 +54,10 @@ async def collect(stream: AsyncIterator[Chunk], into: list[Chunk] | None = None)
     return got
 
 
+def cpu_only(settings: Settings) -> BackendPlan:
+    return BackendPlan((Candidate("cpu", None),), forced=False, reason="tests run on the CPU")
+
+
 def run_with(
     tmp_path: Path,
     body: Callable[[Scheduler, FakeRunnerFactory], Awaitable[T]],
@@ -64,7 +69,7 @@ def run_with(
     factory = FakeRunnerFactory(configure=configure)
 
     async def main() -> T:
-        sched = Scheduler(load_settings(home=tmp_path, **settings), runner_factory=factory)
+        sched = Scheduler(load_settings(home=tmp_path, **settings), runner_factory=factory, plan_factory=cpu_only)
         try:
             return await body(sched, factory)
         finally:
@@ -500,7 +505,7 @@ def test_close_closes_all(tmp_path: Path) -> None:
     factory = FakeRunnerFactory()
 
     async def main() -> int:
-        sched = Scheduler(load_settings(home=tmp_path), runner_factory=factory)
+        sched = Scheduler(load_settings(home=tmp_path), runner_factory=factory, plan_factory=cpu_only)
         await sched.load(a, None)
         await sched.load(b, None)
         await sched.close()
@@ -543,3 +548,84 @@ def test_wanted_context(requested: int | None, default: int, trained: int | None
 )
 def test_expired(active: int, keep_alive: float, idle_for: float, expected: bool) -> None:
     assert expired(active, keep_alive, idle_for) is expected
+
+
+# ---- backend plans: fallback, forced backends, GPU layers that did not land ---------------------------------
+
+
+def gpu_then_cpu(forced: bool = False) -> Callable[[Settings], BackendPlan]:
+    def plan(settings: Settings) -> BackendPlan:
+        candidates = (Candidate("cuda", Path("/variants/cuda")),) + (() if forced else (Candidate("cpu", None),))
+        return BackendPlan(candidates, forced=forced, reason="test plan")
+
+    return plan
+
+
+def broken_cuda(runner: FakeRunner) -> None:
+    if runner.options.backend == "cuda":
+        runner.fail_start = BackendUnusable("libcuda.so.1: cannot open shared object file")
+
+
+def run_plan(
+    tmp_path: Path, plan: Callable[[Settings], BackendPlan], configure: Callable[[FakeRunner], None]
+) -> tuple[list[scheduler_module.RunningModel] | BackendUnusable, FakeRunnerFactory]:
+    model = stored(tmp_path)
+    factory = FakeRunnerFactory(configure=configure)
+
+    async def main() -> list[scheduler_module.RunningModel] | BackendUnusable:
+        sched = Scheduler(load_settings(home=tmp_path), runner_factory=factory, plan_factory=plan)
+        try:
+            await sched.load(model, math.inf)
+        except BackendUnusable as exc:
+            return exc
+        finally:
+            running = sched.running()
+            await sched.close()
+        return running
+
+    return asyncio.run(main()), factory
+
+
+def test_unusable_backend_falls_back_to_the_next_at_once_and_says_so(tmp_path: Path) -> None:
+    outcome, factory = run_plan(tmp_path, gpu_then_cpu(), broken_cuda)
+    assert isinstance(outcome, list)
+    (entry,) = outcome
+    assert [r.options.backend for r in factory.runners] == ["cuda", "cpu"]
+    assert factory.runners[0].library_path == Path("/variants/cuda")
+    assert factory.runners[0].options.n_gpu_layers > 0
+    assert factory.runners[1].options.n_gpu_layers == 0
+    assert entry.placement["backend"] == "cpu"
+    assert entry.placement["fallbacks"] == ["cuda: libcuda.so.1: cannot open shared object file"]
+
+
+def test_forced_backend_that_cannot_run_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    outcome, factory = run_plan(tmp_path, gpu_then_cpu(forced=True), broken_cuda)
+    assert isinstance(outcome, BackendUnusable)
+    assert "cuda was requested" in outcome.message
+    assert "libcuda.so.1" in outcome.message
+    assert [r.options.backend for r in factory.runners] == ["cuda"]
+
+
+def test_gpu_layers_asked_but_none_landed_is_a_warning_in_ps(tmp_path: Path) -> None:
+    outcome, _ = run_plan(tmp_path, gpu_then_cpu(), lambda runner: None)  # the fake puts every layer on the CPU
+    assert isinstance(outcome, list)
+    warning = outcome[0].placement["warning"]
+    assert warning is not None
+    assert "every layer runs on the CPU" in warning
+
+
+@pytest.mark.parametrize(
+    ("backend", "requested", "setting", "layers"),
+    [
+        ("cpu", None, "auto", 0),
+        ("cpu", 10, "auto", 0),
+        ("cuda", None, "auto", ALL_LAYERS),
+        ("cuda", None, "-1", ALL_LAYERS),
+        ("cuda", None, "12", 12),
+        ("cuda", 5, "auto", 5),
+        ("cuda", -1, "3", ALL_LAYERS),
+        ("vulkan", 0, "auto", 0),
+    ],
+)
+def test_gpu_layers_for(backend: str, requested: int | None, setting: str, layers: int) -> None:
+    assert gpu_layers_for(backend, requested, setting) == layers

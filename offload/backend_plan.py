@@ -1,0 +1,61 @@
+"""Which llama.cpp builds a runner may try for a load, in order, and how many layers each should offload.
+
+The pure part (`gpu_layers_for`) is table-tested; `plan_for` asks the hardware probes and the installed variants
+(offload/hardware, offload/backends) once per server and turns their choice into runner candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.config import Settings
+
+log = logging.getLogger("offload.backends")
+ALL_LAYERS = 999  # llama.cpp clamps n_gpu_layers to the model's layer count
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    backend: str  # "cuda", "rocm", "vulkan", "metal", "cpu"
+    library_path: Path | None  # a variant's directory (first on the runner's PYTHONPATH); None = the venv's build
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPlan:
+    candidates: tuple[Candidate, ...]
+    forced: bool  # the user named the backend: no fallback, an error instead
+    reason: str  # why this order, for logs and `offload doctor`
+
+
+def gpu_layers_for(backend: str, requested: int | None, setting: str) -> int:
+    """Layers to offload: none on the CPU backend; else the request's num_gpu, else the server's gpu_layers."""
+    if backend == "cpu":
+        return 0
+    if requested is not None:
+        return ALL_LAYERS if requested < 0 else requested
+    if setting in {"auto", "-1"}:
+        return ALL_LAYERS  # the memory planner will size "auto" from free memory; until then: everything
+    return int(setting)
+
+
+def plan_for(settings: Settings) -> BackendPlan:
+    """Probe the machine and the installed variants, and order what to try."""
+    from offload.backends.select import choose
+    from offload.backends.variants import discover, platform_tag
+    from offload.hardware.probe import snapshot
+
+    machine = snapshot()
+    variants = discover(settings.home, platform_tag())
+    choice = choose(machine, variants, settings.backend)
+    candidates = [Candidate(v.name, v.path) for v in choice.variants]
+    if not choice.forced and candidates and all(c.backend != "cpu" for c in candidates):
+        # No CPU-only build installed: any build that loads can still run every layer on the CPU, the last
+        # resort when its GPUs cannot be used.
+        candidates.append(Candidate("cpu", candidates[-1].library_path))
+    plan = BackendPlan(candidates=tuple(candidates), forced=choice.forced, reason=choice.reason)
+    log.info(
+        "backend plan: %s (%s)", " -> ".join(c.backend for c in plan.candidates) or "nothing usable", plan.reason
+    )
+    return plan
