@@ -24,6 +24,12 @@ say "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 git -C "$ROOT" log -1 --format='commit %h %s' 2>/dev/null || true
 
+say "model: 1B-shaped llama, Q4_K_M"
+[ -f /root/m-q4.gguf ] || { python3 .gpu/mkmodel.py /root/m.gguf 1b && llama-quantize /root/m.gguf /root/m-q4.gguf Q4_K_M 16 > /dev/null; }
+# From here on no library path from env.sh: each llama_cpp package must load its own libraries (RUNPATH), or a
+# CPU build could pick up the CUDA build's libggml.
+unset LD_LIBRARY_PATH
+
 say "cpu-only llama-cpp-python (the venv's build in this experiment)"
 if [ ! -f /root/lcp-cpu/.done ]; then
   t0=$(date +%s)
@@ -49,11 +55,9 @@ write_manifest(path, Manifest(platform=old.platform, default="cuda", variants={*
 print("manifest:", path, len(entry.files), "files")
 EOF
 
-say "model: 1B-shaped llama, Q4_K_M"
-[ -f /root/m-q4.gguf ] || { python3 .gpu/mkmodel.py /root/m.gguf 1b && llama-quantize /root/m.gguf /root/m-q4.gguf Q4_K_M 16 > /dev/null; }
 python3 - <<'EOF'
 from pathlib import Path
-from offload.models.store import Store
+from offload.models.store import Store  # imports the model into the store of $OFFLOAD_HOME
 from offload.config import load_settings
 s = load_settings()
 print(Store(s.models_dir).import_gguf("llama1b:q4", Path("/root/m-q4.gguf")).name)

@@ -94,12 +94,13 @@ class RunnerProcess:
         self._tasks.append(asyncio.create_task(self._route(), name=f"runner-route-{self.pid}"))
         return info
 
-    def _environment(self) -> dict[str, str] | None:
-        """The runner inherits the server's environment; a variant's llama_cpp package shadows the venv's."""
-        if self.library_path is None:
-            return None
+    def _environment(self) -> dict[str, str]:
+        """The runner inherits the server's environment; a variant's llama_cpp package shadows the venv's, and
+        CUDA numbers devices in PCI order as NVML (and so offload's device ids) does, unless the user chose."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.library_path), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        if self.library_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.library_path), env.get("PYTHONPATH", "")) if p)
         return env
 
     async def _await_loaded(self) -> LoadedInfo:
