@@ -48,6 +48,13 @@ def plan_for(settings: Settings) -> BackendPlan:
 
     machine = snapshot()
     variants = discover(settings.home, platform_tag())
+    if settings.backend == "cpu":
+        # Every build can run all layers on the CPU: a CPU-only build if there is one, else a GPU build with none.
+        usable = sorted((v for v in variants if v.problem is None), key=lambda v: (v.name != "cpu", v.source))
+        if usable:
+            reason = f"backend cpu was requested: {usable[0].name} build ({usable[0].source}), no layers offloaded"
+            log.info("backend plan: cpu (%s)", reason)
+            return BackendPlan((Candidate("cpu", usable[0].path),), forced=True, reason=reason)
     choice = choose(machine, variants, settings.backend)
     candidates = [Candidate(v.name, v.path) for v in choice.variants]
     if not choice.forced and candidates and all(c.backend != "cpu" for c in candidates):

@@ -133,6 +133,13 @@ class Scheduler:
         self._default_keep_alive = parse_keep_alive(settings.keep_alive, param="OFFLOAD_KEEP_ALIVE") or 0.0
         self._reaper: asyncio.Task[None] | None = None
 
+    def prepare(self) -> BackendPlan:
+        """Decide the backend order now (probes hardware and variants, ~1 s), so the server states it at start and
+        a variant that breaks later is met by a runner exit and a fallback, not by a silently different plan."""
+        if self._plan is None:
+            self._plan = self._plan_factory(self.settings)
+        return self._plan
+
     # ---- what the API calls --------------------------------------------------------------------------------
     async def generate(self, model: StoredModel, request: GenerateRequest) -> AsyncIterator[Chunk]:
         entry, load_ns = await self._acquire(model, request.num_ctx, request.keep_alive, request.num_gpu)
@@ -227,9 +234,7 @@ class Scheduler:
     async def _start(self, model: StoredModel, n_ctx: int, num_gpu: int | None) -> _Loaded:
         """Try the plan's backends in order. A runner that exits 78 (backend unusable) is followed at once by the
         next candidate, loudly; a backend the user forced gets an error instead of a fallback."""
-        if self._plan is None:
-            self._plan = await asyncio.to_thread(self._plan_factory, self.settings)
-        plan = self._plan
+        plan = self._plan if self._plan is not None else await asyncio.to_thread(self.prepare)
         if not plan.candidates:
             raise BackendUnusable(f"no backend can load {model.name}: {plan.reason}")
         fallbacks: list[str] = []
@@ -247,15 +252,15 @@ class Scheduler:
             try:
                 info = await runner.start(self.settings.runner_start_timeout)
             except BackendUnusable as exc:
-                if plan.forced:
-                    raise BackendUnusable(
-                        f"backend {candidate.backend} was requested but cannot run: {exc.message}"
-                    ) from exc
+                # A forced plan holds only the requested backend's variants: trying the next is not a fallback.
                 fallbacks.append(f"{candidate.backend}: {exc.message}")
                 log.warning("FALLBACK: backend %s cannot run %s: %s", candidate.backend, model.name, exc.message)
                 continue
             return self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks))
-        tried = "; ".join(fallbacks) or "no backend was found"
+        tried = "; ".join(fallbacks)
+        if plan.forced:
+            requested = plan.candidates[0].backend
+            raise BackendUnusable(f"backend {requested} was requested but cannot run {model.name}: {tried}")
         raise BackendUnusable(f"no backend could load {model.name}: {tried}")
 
     def _loaded_entry(

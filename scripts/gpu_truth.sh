@@ -2,7 +2,7 @@
 # GPU truth, end to end, on the GPU machine (device tool; ../shared/gpu/README.md):
 #   source .gpu/env.sh && bash scripts/gpu_truth.sh "$OUT"
 # What it shows, with real numbers:
-#   1. `offload doctor --json` and `offload backends list` on a machine whose venv has a CPU-only llama.cpp and
+#   1. `offload doctor --json` and `offload backends list` on a machine whose own llama_cpp is a CPU-only build and
 #      whose $OFFLOAD_HOME has an installed CUDA variant (the way `offload backends install cuda` leaves it);
 #   2. auto selection loads a 1B-shaped Q4_K_M model with every layer on the GPU, verified from llama.cpp's own
 #      load report; `offload ps` shows it; decode speed vs the same model on the cpu variant;
@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_truth.log") 2>&1
 say() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 ROOT=$(pwd)
-export OFFLOAD_HOME=/root/oh PYTHONUNBUFFERED=1
+export OFFLOAD_HOME=/root/oh PYTHONUNBUFFERED=1 OFFLOAD_HOST=127.0.0.1:11500
 PLATFORM=$(python3 -c 'from offload.backends.variants import platform_tag; print(platform_tag())')
 VARIANT_DIR=$OFFLOAD_HOME/backends/$PLATFORM/cuda
 PORT=11500
@@ -30,7 +30,7 @@ say "model: 1B-shaped llama, Q4_K_M"
 # CPU build could pick up the CUDA build's libggml.
 unset LD_LIBRARY_PATH
 
-say "cpu-only llama-cpp-python (the venv's build in this experiment)"
+say "cpu-only llama-cpp-python: the build in the server's own environment for this experiment"
 if [ ! -f /root/lcp-cpu/.done ]; then
   t0=$(date +%s)
   CMAKE_ARGS="-DGGML_CUDA=off -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF" \
@@ -39,7 +39,8 @@ if [ ! -f /root/lcp-cpu/.done ]; then
   touch /root/lcp-cpu/.done
   echo "built in $(( $(date +%s) - t0 )) s"
 fi
-# The server's llama_cpp is the CPU build; the CUDA build becomes an installed variant under $OFFLOAD_HOME.
+# The server's llama_cpp is the CPU build (what `pip install llama-cpp-python` gives); the CUDA build env.sh made
+# becomes an installed variant under $OFFLOAD_HOME, as `offload backends install cuda` leaves it.
 export PYTHONPATH=/root/lcp-cpu:/root/pydeps:$ROOT
 rm -rf "$OFFLOAD_HOME" && mkdir -p "$(dirname "$VARIANT_DIR")"
 cp -a /root/lcp-cuda "$VARIANT_DIR"
@@ -76,15 +77,11 @@ serve() {  # serve LABEL BACKEND; waits until it answers
   echo "server did not start"; tail -20 "$LOG"; return 1
 }
 stop() { kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; }
-rate() {  # model, extra options json -> eval tok/s of 256 tokens, and the X-Offload-Warning header if any
-  curl -s -D "$OUT/headers.txt" $BASE/api/generate -d "{\"model\":\"$1\",\"prompt\":\"Once upon a time\",\"raw\":true,\"stream\":false,\"options\":{\"num_predict\":256,\"temperature\":0.8,\"seed\":1$2}}" \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("error") or f"eval {d[\"eval_count\"]} tokens at {d[\"eval_count\"]/(d[\"eval_duration\"]/1e9):.1f} tok/s, load {d[\"load_duration\"]/1e9:.2f} s")'
-  grep -i x-offload-warning "$OUT/headers.txt" || true
-}
+rate() { python3 scripts/gpu_rate.py $BASE "$1"; }
 
 say "auto: expect cuda with every layer on the GPU"
 serve auto auto
-rate llama1b:q4 ""; rate llama1b:q4 ""
+rate llama1b:q4; rate llama1b:q4
 python3 -m offload ps
 curl -s $BASE/api/ps | python3 -m json.tool | tee "$OUT/ps-auto.json" | head -60
 grep -E "inference compute|backend plan|FALLBACK|GPU NOT USED" "$LOG"
@@ -92,23 +89,25 @@ stop
 
 say "cpu variant, same model"
 serve cpu cpu
-rate llama1b:q4 ""; rate llama1b:q4 ""
+rate llama1b:q4; rate llama1b:q4
 python3 -m offload ps
 stop
 
-say "a cuda variant that breaks after the server started: fallback to cpu"
+say "the cuda variant breaks after the server started (its libraries truncated): fallback to cpu at once"
 serve broken auto
 sleep 2  # let the plan be made with the healthy variant
-truncate -s 4096 "$VARIANT_DIR/llama_cpp/lib/libggml-cuda.so"
-t0=$(date +%s.%N); rate llama1b:q4 ""; t1=$(date +%s.%N)
-python3 -c "print(f'request answered {float($t1) - float($t0):.2f} s after it was sent (load + 256 tokens on the CPU)')"
-curl -s $BASE/api/ps | python3 -c 'import json,sys; m=json.load(sys.stdin)["models"][0]["offload"]; print("ps offload:", json.dumps({k: m[k] for k in ("backend", "layers_on_gpu", "layers_total", "fallbacks", "warning")}))'
+# Wheels hold no symlinks: libggml-cuda.so, .so.0 and .so.0.x are three copies; the loader wants the soname one.
+for f in "$VARIANT_DIR"/llama_cpp/lib/libggml-cuda.so*; do truncate -s 4096 "$f"; done
+t0=$(date +%s.%N); curl -s $BASE/api/generate -d '{"model":"llama1b:q4"}'; echo; t1=$(date +%s.%N)
+python3 -c "print(f'load (cuda runner dies, cpu runner loads) answered in {float($t1) - float($t0):.2f} s')"
+rate llama1b:q4
+curl -s $BASE/api/ps | python3 -m json.tool | grep -E '"(backend|layers_on_gpu|layers_total|warning)"|fallbacks' -A1 | head -20
 grep -E "FALLBACK|backend unusable|inference compute" "$LOG" | tail -5
 stop
 
-say "forced cuda with the broken variant: an error, not a fallback"
+say "forced cuda while the only cuda variant is broken: an error with the reason, never a silent cpu run"
 serve forced cuda
-t0=$(date +%s.%N); rate llama1b:q4 ""; t1=$(date +%s.%N)
+t0=$(date +%s.%N); rate llama1b:q4; t1=$(date +%s.%N)
 python3 -c "print(f'error after {float($t1) - float($t0):.2f} s')"
 stop
 say "done"

@@ -26,8 +26,9 @@ LIBRARY_REGISTRY = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal":
 PROBE_TIMEOUT = 30.0  # CUDA's first initialisation on a large machine takes seconds; a hang must not take minutes
 
 _MARK = "OFFLOAD_PROBE "
-# Runs in `python -I` (no PYTHONPATH, no user site, no cwd): only the variant's directory and the venv are
-# importable, so the probe sees what the runner will load with that directory first on its path.
+# Runs in `python -P` (no cwd on the path) with the server's environment, as the runner does: the variant's
+# directory goes first on the path, and PYTHONPATH stays, so the probe loads what the runner will load (a venv-less
+# install that finds its packages through PYTHONPATH included; `-I` once made such a machine look empty).
 _PROBE_SCRIPT = r"""
 import ctypes, json, sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def library_from_registries(registries: tuple[str, ...]) -> str:
 
 def probe(path: Path | None, timeout: float = PROBE_TIMEOUT) -> Probe:
     """Import llama_cpp from `path` (None: the venv's) in a subprocess and ask it what it supports. Never raises."""
-    argv = [sys.executable, "-I", "-c", _PROBE_SCRIPT, *([str(path)] if path is not None else [])]
+    argv = [sys.executable, "-P", "-c", _PROBE_SCRIPT, *([str(path)] if path is not None else [])]
     where = str(path) if path is not None else "the venv"
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)

@@ -18,8 +18,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 # Nothing imported at the top loads numpy or llama.cpp: _load imports offload.runner.llamacpp (libllama) first; on
 # the GPU machine numpy-before-llama.cpp crashed inside llama_model_load_from_file (../shared/gpu/README.md).
@@ -48,19 +48,35 @@ def _reader(channel: SyncChannel, inbox: queue.Queue[Message | None]) -> None:
     inbox.put(None)  # the server went away
 
 
-class _Tee(io.TextIOBase):
-    """Writes to the real stderr and keeps a copy: llama.cpp's load report, which placement.py reads."""
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[io.StringIO]:
+    """Tee what is written to file descriptor 2 meanwhile (llama.cpp logs there from C) into a buffer.
 
-    def __init__(self, target: TextIO) -> None:
-        self.target = target
-        self.copy = io.StringIO()
+    A thread passes every byte on to the real stderr as it comes, so if loading crashes the process the server
+    still has the runner's last words; the buffer is llama.cpp's load report, which placement.py reads.
+    """
+    copy = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
 
-    def write(self, text: str) -> int:
-        self.copy.write(text)
-        return self.target.write(text)
+    def pump() -> None:
+        while chunk := os.read(read_end, 65536):
+            os.write(saved, chunk)
+            copy.write(chunk.decode(errors="replace"))
 
-    def flush(self) -> None:
-        self.target.flush()
+    thread = threading.Thread(target=pump, name="runner-stderr-tee", daemon=True)
+    thread.start()
+    try:
+        yield copy
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF and stops
+        thread.join(timeout=5)
+        os.close(read_end)
+        os.close(saved)
 
 
 def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine, LoadedInfo]:
@@ -75,8 +91,7 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
     except (OSError, ImportError, RuntimeError) as exc:
         raise BackendUnusable(f"llama.cpp did not load: {exc}") from exc
     threads = options.n_threads or physical_cores()
-    tee = _Tee(sys.stderr)
-    with contextlib.redirect_stderr(tee):
+    with _captured_stderr() as load_log:
         llamacpp.C.llama_backend_init()
         devices = llamacpp.ggml_devices()
         gpus = [d for d in devices if d.is_gpu]
@@ -90,7 +105,7 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         context = llamacpp.Context(
             model, n_ctx=n_ctx, n_batch=options.n_batch, n_threads=threads, n_seq_max=options.n_seq_max
         )
-    report = parse_load_log(tee.copy.getvalue())
+    report = parse_load_log(load_log.getvalue())
     facts = model.facts
     backend = options.backend if report.layers_on_gpu else "cpu"
     info = LoadedInfo(

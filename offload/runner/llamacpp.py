@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,27 @@ from typing import Any
 from offload.errors import ContextLengthExceeded, RunnerError, RunnerStartFailed
 from offload.generation import SamplingOptions
 
-# The bindings are untyped ctypes; this module is their only user, so they are `Any` here and typed at our API.
-C: Any = importlib.import_module("llama_cpp.llama_cpp")
+
+def _bindings() -> Any:
+    """llama-cpp-python's ctypes bindings (`llama_cpp.llama_cpp`) WITHOUT running its package `__init__`.
+
+    That `__init__` imports numpy and the high-level API and installs a Python log callback; with it, a CPU-only
+    build segfaulted inside llama_model_load_from_file on the GPU machine, while the bare bindings loaded the same
+    model (docs/GPU.md). The runner needs none of it. The bindings are untyped ctypes; this module is their only
+    user, so they are `Any` here and typed at this module's API.
+    """
+    if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("llama_cpp (llama-cpp-python) is not installed")
+        package = types.ModuleType("llama_cpp")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__file__ = spec.origin
+        sys.modules["llama_cpp"] = package
+    return importlib.import_module("llama_cpp.llama_cpp")
+
+
+C: Any = _bindings()
 
 _MAX_THREADS = 512  # GGML_MAX_N_THREADS in ggml.h, the size of the cpumask below
 

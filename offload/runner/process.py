@@ -15,6 +15,7 @@ import enum
 import itertools
 import logging
 import os
+import signal
 import socket
 import sys
 from collections import deque
@@ -22,12 +23,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from offload.errors import OffloadError, RunnerCrashed, RunnerStartFailed, from_code
+from offload.errors import BackendUnusable, OffloadError, RunnerCrashed, RunnerStartFailed, from_code
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest, from_wire, to_wire
 from offload.runner.protocol import LoadedInfo, LoadOptions, Message, encode, read_message
 
 log = logging.getLogger("offload.runner")
 _STDERR_TAIL = 40
+EXIT_BACKEND_UNUSABLE = 78  # the runner's exit code when its llama.cpp build cannot run the chosen backend
+_SIGNALS = {int(s) for s in signal.Signals}
 _STOP_GRACE = 5.0
 
 
@@ -113,6 +116,12 @@ class RunnerProcess:
         if message is None:
             read.cancel()
             await self._exited.wait()
+            code = self._proc.returncode if self._proc is not None else None
+            if code is not None and (code < 0 or code == EXIT_BACKEND_UNUSABLE):
+                # Killed by a signal before it could report: loading the backend's libraries or initialising the
+                # device crashed it (a truncated library gives SIGBUS, a bad driver SIGSEGV). That is the backend's
+                # failure, so the next backend is tried, loudly, as for exit code 78.
+                raise BackendUnusable(self._death_note("crashed while loading its backend"))
             raise RunnerStartFailed(self._death_note("exited while loading"))
         if message["op"] == "error":
             raise from_code(str(message.get("code")), str(message.get("message")))
@@ -245,7 +254,13 @@ class RunnerProcess:
     def _death_note(self, what: str) -> str:
         """The client's error message. The runner's last words go to the log only: they hold paths and tracebacks."""
         code = self._proc.returncode if self._proc is not None else None
-        detail = f" (exit code {code})" if code is not None else ""
+        if code is None:
+            detail = ""
+        elif code < 0:
+            name = signal.Signals(-code).name if -code in _SIGNALS else str(-code)
+            detail = f" (killed by signal {name})"
+        else:
+            detail = f" (exit code {code})"
         if self._stderr:
             log.error("runner for %s %s%s; its last output:\n%s", self.name, what, detail, "\n".join(self._stderr))
         return f"runner for {self.name} {what}{detail}"

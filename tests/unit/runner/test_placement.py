@@ -72,3 +72,15 @@ def test_no_report_is_not_verified() -> None:
 )
 def test_device_of_buffer(buffer: str, device: str) -> None:
     assert device_of(buffer) == device
+
+
+def test_real_cuda_load_on_the_gpu_machine() -> None:
+    # Captured on an H200 (scripts/gpu_truth.sh, docs/GPU.md): a 1B-shaped llama, every layer on CUDA0.
+    report = parse_load_log((LOGS / "cuda_h200_llama1b.txt").read_text())
+    assert report.layers == {"CUDA0": 17}
+    assert report.offloaded == (17, 17)
+    assert report.verified
+    assert report.buffers["CUDA0"] == {
+        "model": round(608.59 * MIB), "KV": 128 * MIB, "compute": round(66.50 * MIB)
+    }
+    assert report.bytes_on("CPU") == round(35.16 * MIB) + round(0.12 * MIB) + round(12.01 * MIB)
