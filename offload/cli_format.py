@@ -176,7 +176,21 @@ def ps_table(models: Sequence[Mapping[str, Any]], now: datetime) -> str:
                 layers,
             ]
         )
-    return table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "BACKEND", "GPU LAYERS"], rows)
+    text = table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "BACKEND", "GPU LAYERS"], rows)
+    return "\n".join([text, *_placement_notes(models)])
+
+
+def _placement_notes(models: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Said under the table, loudly: GPU layers asked for that did not land, and backends that fell through."""
+    notes = []
+    for m in models:
+        placement = _mapping(m.get("offload"))
+        name = str(m.get("name") or m.get("model") or "")
+        if placement.get("warning"):
+            notes.append(f"WARNING {name}: {placement['warning']}")
+        for fallback in placement.get("fallbacks") or []:
+            notes.append(f"fallback {name}: {fallback}")
+    return notes
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -25,6 +25,7 @@ from offload.durations import parse_keep_alive
 from offload.errors import BackendUnusable
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.models.store import StoredModel
+from offload.runner.placement import is_gpu_device
 from offload.runner.process import RunnerProcess
 from offload.runner.protocol import LoadedInfo, LoadOptions
 
@@ -89,7 +90,7 @@ def running_model(name: str, entry: _Loaded) -> RunningModel:
     report = info.placement or {}
     devices = report.get("devices", [])
     total = sum(sum(d["buffers"].values()) for d in devices) or info.model_size
-    on_gpu = sum(sum(d["buffers"].values()) for d in devices if not str(d["name"]).upper().startswith("CPU"))
+    on_gpu = sum(sum(d["buffers"].values()) for d in devices if is_gpu_device(str(d["name"])))
     return RunningModel(
         name=name,
         model_digest=entry.model.model_digest,

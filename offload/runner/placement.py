@@ -30,8 +30,13 @@ def device_of(buffer_name: str) -> str:
     return buffer_name
 
 
+# ggml's GPU backends name their devices with these; anything else (CPU, AMX, BLAS, ...) is host memory.
+_GPU_PREFIXES = ("CUDA", "ROCm", "HIP", "Vulkan", "Metal", "MTL", "SYCL", "OpenCL", "CANN", "MUSA", "WebGPU")
+
+
 def is_gpu_device(name: str) -> bool:
-    return not name.upper().startswith("CPU")
+    """True for a GPU's device name ("CUDA0", "Vulkan1"); the CPU's extra buffer types ("AMX") are not GPUs."""
+    return name.startswith(_GPU_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.runner.placement import MIB, device_of, parse_load_log
+from offload.runner.placement import MIB, device_of, is_gpu_device, parse_load_log
 
 LOGS = Path(__file__).resolve().parents[2] / "fixtures" / "load_logs"
 
@@ -84,3 +84,17 @@ def test_real_cuda_load_on_the_gpu_machine() -> None:
         "model": round(608.59 * MIB), "KV": 128 * MIB, "compute": round(66.50 * MIB)
     }
     assert report.bytes_on("CPU") == round(35.16 * MIB) + round(0.12 * MIB) + round(12.01 * MIB)
+
+
+def test_amx_buffers_are_host_memory() -> None:
+    # A CPU build on a Xeon with AMX repacks weights into an "AMX" buffer (seen on the GPU machine): not a GPU.
+    report = parse_load_log(
+        "load_tensors: layer   0 assigned to device CPU, is_swa = 0\n"
+        "load_tensors:          AMX model buffer size =   620.71 MiB\n"
+        "load_tensors:   CPU_Mapped model buffer size =   583.48 MiB\n"
+    )
+    assert report.layers_on_gpu == 0
+    assert [d["name"] for d in report.to_json()["devices"]] == ["AMX", "CPU"]
+    assert not is_gpu_device("AMX")
+    assert is_gpu_device("CUDA0")
+    assert is_gpu_device("Vulkan1")
