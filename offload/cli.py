@@ -12,16 +12,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from offload import __version__
+from offload.cli_common import error, fail, stderr_console
 from offload.cli_format import list_table, now_utc, ps_table, show_field, show_summary
 from offload.config import Settings, load_settings
 
 if TYPE_CHECKING:
-    from rich.console import Console
 
     from offload.client import ApiClient
 
@@ -47,25 +47,10 @@ HostOption = Annotated[
 # ---------------------------------------------------------------- shared plumbing
 
 
-def _stderr() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _error(message: str) -> None:
-    _stderr().print(message, style="red", markup=False)
-
-
 def _write_stdout(text: str) -> None:
     # Not typer.echo: that strips escape sequences when piped, and model output must pass through unchanged.
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    _error(message)
-    raise typer.Exit(code)
 
 
 def _settings(**flags: Any) -> Settings:
@@ -82,9 +67,9 @@ def _settings(**flags: Any) -> Settings:
             usage = usage or name in given
             label = f"--{name.replace('_', '-')}" if name in given else name
             problems.append(f"{label}: {error['msg']}")
-        _fail("invalid settings: " + "; ".join(problems), 2 if usage else 1)
+        fail("invalid settings: " + "; ".join(problems), 2 if usage else 1)
     except (ValueError, OSError) as exc:  # config.toml unreadable or not TOML
-        _fail(f"cannot read the configuration: {exc}")
+        fail(f"cannot read the configuration: {exc}")
 
 
 @contextmanager
@@ -97,7 +82,7 @@ def _api(host: str | None) -> Iterator[ApiClient]:
         with ApiClient(settings.base_url) as api:
             yield api
     except ClientError as exc:
-        _fail(exc.message)
+        fail(exc.message)
 
 
 def _describe(name: str) -> str:
@@ -216,9 +201,9 @@ def serve(
 
         run_server(settings)
     except OffloadError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     except OSError as exc:  # e.g. the address is already in use
-        _fail(f"offload could not start: {exc}")
+        fail(f"offload could not start: {exc}")
 
 
 def _import_starter(settings: Settings) -> None:
@@ -228,7 +213,7 @@ def _import_starter(settings: Settings) -> None:
     from offload.models.store import Store
 
     if not starter.starter_available():
-        _stderr().print(
+        stderr_console().print(
             f"note: {starter.STARTER_NAME} is not installed; it will not be imported "
             "(pip install 'offload[starter]')",
             style="yellow",
@@ -238,7 +223,7 @@ def _import_starter(settings: Settings) -> None:
     store = Store(settings.models_dir)
     if store.exists(starter.STARTER_NAME):
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=_stderr()) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=stderr_console()) as bar:
         task: TaskID | None = None
 
         def report(done: int, total: int) -> None:
@@ -289,7 +274,7 @@ def run(
             _load(api, model, extra)
             with suppress(ImportError):
                 import readline  # noqa: F401  (line editing and history for input())
-            chat_repl(session, input, _write_stdout, _error)
+            chat_repl(session, input, _write_stdout, error)
             return
         if not text.strip():  # Ollama: an empty prompt just loads the model
             _load(api, model, extra)
@@ -304,12 +289,12 @@ def run(
         if not "".join(written).endswith("\n"):
             _write_stdout("\n")
         if verbose:
-            _stderr().print(format_stats(final), markup=False)
+            stderr_console().print(format_stats(final), markup=False)
 
 
 def _load(api: ApiClient, model: str, extra: dict[str, Any]) -> None:
     body = {"model": model, **({"keep_alive": extra["keep_alive"]} if "keep_alive" in extra else {})}
-    with _stderr().status(f"loading {model}"):
+    with stderr_console().status(f"loading {model}"):
         api.request("POST", "/api/generate", body, wait=True)
 
 
@@ -391,7 +376,7 @@ def rm(
             except NotRunning:
                 raise
             except ServerError as exc:
-                _error(exc.message)
+                error(exc.message)
                 failed = True
                 continue
             typer.echo(f"deleted '{name}'")
@@ -417,7 +402,7 @@ def pull(model: Annotated[str, typer.Argument(help="Model name.")], host: HostOp
     from offload.cli_transfer import show_statuses
 
     with _api(host) as api:
-        show_statuses(api.stream("/api/pull", {"model": model, "stream": True}), _stderr())
+        show_statuses(api.stream("/api/pull", {"model": model, "stream": True}), stderr_console())
 
 
 @app.command()
@@ -431,7 +416,7 @@ def version(host: HostOption = None) -> None:
         with ApiClient(settings.base_url) as api:
             body = api.request("GET", "/api/version") or {}
     except ClientError as exc:
-        _stderr().print(f"Warning: {exc.message}", style="yellow", markup=False)
+        stderr_console().print(f"Warning: {exc.message}", style="yellow", markup=False)
         return
     typer.echo(f"server version is {body.get('version', 'unknown')}")
 
@@ -471,8 +456,8 @@ def create(
             body["system"] = system
         api.request("GET", "/api/version")  # fail fast when no server runs, before hashing gigabytes
         if gguf is not None:
-            body["files"] = {gguf.name: upload(api, gguf, _stderr())}
-        show_statuses(api.stream("/api/create", body), _stderr())
+            body["files"] = {gguf.name: upload(api, gguf, stderr_console())}
+        show_statuses(api.stream("/api/create", body), stderr_console())
 
 
 def _register_subcommands() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from offload.cli_common import fail
 
 if TYPE_CHECKING:
     from offload.backends.select import Choice
@@ -18,11 +20,6 @@ backends_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)
 
 
 def _choice(variants: list[Variant], requested: str) -> Choice | None:
@@ -63,7 +60,7 @@ def list_(
     try:
         settings = load_settings()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        _fail(f"invalid settings: {exc}")
+        fail(f"invalid settings: {exc}")
     variants = discover(settings.home)
     choice = _choice(variants, settings.backend)
     if json_output:
@@ -111,7 +108,7 @@ def install(
     try:
         settings = load_settings()
     except ValueError as exc:
-        _fail(f"invalid settings: {exc}")
+        fail(f"invalid settings: {exc}")
     console = Console(stderr=True, highlight=False)
     try:
         with console.status(f"building the {backend} variant") as status:
@@ -124,7 +121,7 @@ def install(
 
             directory = build(backend, settings.home, progress, environ=process_environ())
     except InstallError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot install the {backend} variant: {exc}")
+        fail(f"cannot install the {backend} variant: {exc}")
     typer.echo(f"installed the {backend} variant in {directory} (build log: {directory / 'build.log'})")

@@ -6,9 +6,11 @@ show the effective values (environment over config.toml over defaults) and, in `
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from offload.cli_common import fail
 
 config_app = typer.Typer(
     name="config",
@@ -17,11 +19,6 @@ config_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)
 
 
 def _text(value: Any) -> str:
@@ -41,9 +38,9 @@ def _current() -> Any:
             f"{keys.get(str(error['loc'][0]), str(error['loc'][0])) if error['loc'] else 'settings'}: {error['msg']}"
             for error in exc.errors()
         )
-        _fail(f"invalid settings: {problems} (fix with `offload config set KEY VALUE` or the environment)")
+        fail(f"invalid settings: {problems} (fix with `offload config set KEY VALUE` or the environment)")
     except (ConfigError, OSError) as exc:
-        _fail(f"cannot read the configuration: {exc}")
+        fail(f"cannot read the configuration: {exc}")
 
 
 @config_app.command("get")
@@ -54,7 +51,7 @@ def get(key: Annotated[str, typer.Argument(help="Dotted key, e.g. llm.backend.")
     try:
         name = field_for_key(key)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(_text(getattr(_current(), name)))
 
 
@@ -72,7 +69,7 @@ def set_(
         stored = set_config_value(home, key, value)
         name = field_for_key(key)
     except (ConfigError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{key.strip()} = {_text(stored)} (in {config_path(home)})")
     env_name = f"OFFLOAD_{name.upper()}"
     if env_name in {variable.upper() for variable in environ}:
@@ -88,7 +85,7 @@ def list_() -> None:
     try:
         entries = config_entries(settings, process_environ(), settings.home)
     except (ValueError, OSError) as exc:
-        _fail(f"cannot read the configuration: {exc}")
+        fail(f"cannot read the configuration: {exc}")
     rows = [("KEY", "VALUE", "SOURCE"), *((key, _text(value), source) for key, value, source in entries)]
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
     for key, value, source in rows:
