@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-# Nothing imported at the top loads numpy or llama.cpp: _load imports offload.runner.llamacpp (libllama) first; on
-# the GPU machine numpy-before-llama.cpp crashed inside llama_model_load_from_file (../shared/gpu/README.md).
+# Nothing imported at the top loads llama.cpp: _load imports offload.runner.llamacpp, which loads libllama through
+# llama-cpp-python's bare ctypes bindings (no numpy, no Python log callback: docs/GPU.md says why).
 from offload.errors import BackendUnusable, OffloadError
 from offload.generation import EmbedRequest, GenerateRequest, from_wire, to_wire
 from offload.hardware.cpu import physical_cores
