@@ -1,0 +1,51 @@
+"""The memory planner (pure functions, no I/O): how many bytes a model needs (`memory`) and where its layers go
+(`fit`). The scheduler calls `model_memory(read_gguf(path))`, `budgets_from(snapshot)` and `plan(...)`, then
+`compare(plan, measured)` once the runner reports its real buffers."""
+
+from __future__ import annotations
+
+from offload.planner.fit import (
+    CPU,
+    DeviceBudget,
+    DeviceUsage,
+    Plan,
+    PlanRefused,
+    budgets_from,
+    compare,
+    context_steps,
+    plan,
+)
+from offload.planner.memory import (
+    KV_BYTES_PER_ELEMENT,
+    ModelMemory,
+    ModelShape,
+    compute_buffer_bytes,
+    host_buffer_bytes,
+    kv_cache_bytes,
+    kv_cache_per_layer,
+    kv_cells,
+    model_memory,
+    model_shape,
+)
+
+__all__ = [
+    "CPU",
+    "KV_BYTES_PER_ELEMENT",
+    "DeviceBudget",
+    "DeviceUsage",
+    "ModelMemory",
+    "ModelShape",
+    "Plan",
+    "PlanRefused",
+    "budgets_from",
+    "compare",
+    "compute_buffer_bytes",
+    "context_steps",
+    "host_buffer_bytes",
+    "kv_cache_bytes",
+    "kv_cache_per_layer",
+    "kv_cells",
+    "model_memory",
+    "model_shape",
+    "plan",
+]

@@ -1,0 +1,298 @@
+"""Fit a model to devices: layers per device, the context that fits, the tensor split (pure; no I/O).
+
+Policy, in order: keep as many layers on the GPUs as fit; at a given layer count shrink the context (in steps of
+256, down to `num_ctx_min`) before giving up a layer; a forced layer count (`num_gpu`) is honoured or refused
+with the numbers. Layers are counted as llama.cpp's n_gpu_layers counts them: block_count + 1 (the output layer);
+llama.cpp offloads the *last* n layers, so the output layer is the first to go to a GPU and the last to leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from offload.errors import BadRequest
+from offload.planner.memory import (
+    KV_CELL_PAD,
+    MIB,
+    ModelMemory,
+    compute_buffer_bytes,
+    host_buffer_bytes,
+    kv_cache_per_layer,
+    layer_devices,
+)
+
+if TYPE_CHECKING:
+    from offload.hardware.devices import HardwareSnapshot
+
+CPU = "CPU"  # llama.cpp's name for host memory in its buffer reports
+# llama.cpp's device names per offload library (what its load report prints, so compare() can match them).
+# Uncertain for Metal: older builds print "Metal", newer "MTL0".
+DEVICE_PREFIX: Mapping[str, str] = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "MTL"}
+
+
+class PlanRefused(BadRequest):
+    """A forced num_gpu / num_ctx (or the model itself) does not fit the devices; the message has the numbers."""
+
+    code = "plan_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBudget:
+    """What one device may hold. `free` is bytes free now. `unified`: a GPU whose memory is the system's
+    (Apple silicon, integrated GPUs): what it holds also comes out of the CPU budget."""
+
+    name: str  # llama.cpp's device name: "CUDA0", "Vulkan1", "MTL0", or "CPU" for system memory
+    free: int
+    unified: bool = False
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.name == CPU
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUsage:
+    weights: int
+    kv: int
+    compute: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.compute
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    layers_per_device: Mapping[str, int]  # every device in the plan, CPU included, even at 0 layers
+    n_gpu_layers: int  # llama.cpp's n_gpu_layers
+    layers_total: int  # block_count + 1
+    tensor_split: tuple[float, ...]  # one fraction per GPU budget, in the order given; () without GPUs
+    n_ctx: int
+    parallel: int
+    kv_type: str
+    usage: Mapping[str, DeviceUsage]  # expected bytes per device
+    headroom: int  # bytes kept free on every device
+    reason: str  # one line: why this plan
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n_gpu_layers": self.n_gpu_layers,
+            "layers_total": self.layers_total,
+            "tensor_split": list(self.tensor_split),
+            "n_ctx": self.n_ctx,
+            "parallel": self.parallel,
+            "kv_type": self.kv_type,
+            "headroom": self.headroom,
+            "reason": self.reason,
+            "devices": [
+                {
+                    "name": name,
+                    "layers": self.layers_per_device.get(name, 0),
+                    "weights": use.weights,
+                    "kv": use.kv,
+                    "compute": use.compute,
+                    "total": use.total,
+                }
+                for name, use in self.usage.items()
+            ],
+        }
+
+
+def budgets_from(snapshot: HardwareSnapshot, library: str | None = None) -> tuple[DeviceBudget, ...]:
+    """Budgets for the GPUs of `library` (default: the library of the first device) plus the CPU. A device
+    whose driver cannot tell free memory is budgeted at its total; integrated devices are `unified`."""
+    gpus = snapshot.usable(library or (snapshot.devices[0].library if snapshot.devices else "cpu"))
+    out = [
+        DeviceBudget(
+            name=f"{DEVICE_PREFIX.get(d.library, d.library)}{d.index}",
+            free=d.free_memory if d.free_memory is not None else d.total_memory,
+            unified=d.integrated or d.library == "metal",
+        )
+        for d in gpus
+    ]
+    return (*out, DeviceBudget(CPU, snapshot.cpu.memory_available))
+
+
+def context_steps(n_ctx: int, num_ctx_min: int) -> tuple[int, ...]:
+    """Contexts to try, largest first: n_ctx, then multiples of 256 below it down to num_ctx_min (inclusive)."""
+    floor = min(num_ctx_min, n_ctx)
+    steps = [n_ctx]
+    step = (n_ctx - 1) // KV_CELL_PAD * KV_CELL_PAD
+    while step >= floor and step > 0:
+        steps.append(step)
+        step -= KV_CELL_PAD
+    if steps[-1] != floor:
+        steps.append(floor)
+    return tuple(steps)
+
+
+def _split(gpus: Sequence[DeviceBudget], headroom: int) -> tuple[float, ...]:
+    """llama.cpp tensor_split: fractions in proportion to each GPU's free memory after headroom."""
+    usable = [max(0, g.free - headroom) for g in gpus]
+    total = sum(usable)
+    if total == 0:
+        return tuple(1 / len(gpus) for _ in gpus) if gpus else ()
+    return tuple(u / total for u in usable)
+
+
+def _usage(
+    model: ModelMemory,
+    gpus: Sequence[DeviceBudget],
+    split: Sequence[float],
+    *,
+    n_gpu: int,
+    n_ctx: int,
+    parallel: int,
+    kv_type: str,
+    flash_attn: bool,
+    n_ubatch: int,
+) -> tuple[dict[str, int], dict[str, DeviceUsage]]:
+    shape = model.shape
+    devices = layer_devices(model.layers_total, n_gpu, split, [g.name for g in gpus], CPU)
+    kv = kv_cache_per_layer(shape, n_ctx=n_ctx, parallel=parallel, kv_type=kv_type, n_ubatch=n_ubatch)
+    names = [g.name for g in gpus] + [CPU]
+    layers = dict.fromkeys(names, 0)
+    weights = dict.fromkeys(names, 0)
+    kv_bytes = dict.fromkeys(names, 0)
+    for il, device in enumerate(devices):
+        layers[device] += 1
+        if il < shape.n_layer:
+            weights[device] += model.block_bytes[il]
+            kv_bytes[device] += kv[il]
+        else:  # the output layer; a tied output on the host shares token_embd's bytes
+            tied_host = model.output_tied and device == CPU
+            weights[device] += (model.output_bytes - (model.token_embd_bytes if tied_host else 0)) + model.other_bytes
+    weights[CPU] += model.token_embd_bytes  # the input layer stays on the host
+    output_device = devices[-1]
+    usage: dict[str, DeviceUsage] = {}
+    for name in names:
+        has_layers = any(d == name for d in devices[: shape.n_layer])
+        compute = compute_buffer_bytes(
+            shape,
+            n_ctx=n_ctx,
+            n_ubatch=n_ubatch,
+            flash_attn=flash_attn,
+            has_layers=has_layers,
+            has_output=name == output_device,
+        )
+        if name == CPU:
+            compute += host_buffer_bytes(shape, n_ubatch=n_ubatch, parallel=parallel, offloaded=n_gpu > 0)
+        usage[name] = DeviceUsage(weights=weights[name], kv=kv_bytes[name], compute=compute)
+    return layers, usage
+
+
+def _overflows(
+    usage: Mapping[str, DeviceUsage], budgets: Sequence[DeviceBudget], headroom: int
+) -> list[tuple[str, int, int]]:
+    """(device, bytes needed, bytes it may use) for each device the usage does not fit."""
+    out = []
+    unified = sum(usage[b.name].total for b in budgets if b.unified and b.name in usage)
+    for budget in budgets:
+        need = usage[budget.name].total if budget.name in usage else 0
+        if budget.is_cpu:
+            need += unified  # a unified GPU's bytes are system memory too
+        allowed = budget.free - headroom
+        if need > allowed:
+            out.append((budget.name, need, allowed))
+    return out
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.0f} MiB"
+
+
+def plan(
+    model: ModelMemory,
+    devices: Sequence[DeviceBudget],
+    *,
+    n_ctx: int,
+    parallel: int = 1,
+    kv_type: str = "f16",
+    headroom: int = 512 * MIB,
+    num_gpu: int | None = None,
+    num_ctx_min: int = 2048,
+    num_ctx_max: int | None = None,
+    flash_attn: bool = True,
+    n_ubatch: int = 512,
+) -> Plan:
+    """The plan for `model` on `devices` (GPU budgets in tensor-split order, and at most one "CPU" budget;
+    without one the host is assumed unlimited).
+
+    n_ctx is the context wanted, clamped to num_ctx_max (the model's trained context, say); the planner may
+    shrink it to num_ctx_min — pass num_ctx_min = n_ctx to force it. num_gpu forces the GPU layer count
+    (negative: all; clamped to block_count + 1). `headroom` bytes stay free on every device.
+    Raises PlanRefused (with the needed and allowed bytes per device) when nothing within those limits fits,
+    ValueError for a bad argument.
+    """
+    if parallel < 1 or n_ctx < 1 or num_ctx_min < 1:
+        raise ValueError("n_ctx, num_ctx_min and parallel must be positive")
+    if num_ctx_max is not None:
+        n_ctx = min(n_ctx, num_ctx_max)
+    gpus = [d for d in devices if not d.is_cpu]
+    budgets = list(devices) if any(d.is_cpu for d in devices) else [*devices]
+    total = model.layers_total
+    split = _split(gpus, headroom)
+    if num_gpu is not None:
+        layer_counts: Sequence[int] = [total if num_gpu < 0 else min(num_gpu, total)]
+        if not gpus:
+            layer_counts = [0]
+    else:
+        layer_counts = range(total, -1, -1) if gpus else [0]
+    contexts = context_steps(n_ctx, num_ctx_min)
+    last: tuple[int, int, list[tuple[str, int, int]]] | None = None
+    for n_gpu in layer_counts:
+        for ctx in contexts:
+            layers, usage = _usage(
+                model,
+                gpus,
+                split,
+                n_gpu=n_gpu,
+                n_ctx=ctx,
+                parallel=parallel,
+                kv_type=kv_type,
+                flash_attn=flash_attn,
+                n_ubatch=n_ubatch,
+            )
+            over = _overflows(usage, budgets, headroom)
+            if not over:
+                return Plan(
+                    layers_per_device=MappingProxyType(layers),
+                    n_gpu_layers=n_gpu,
+                    layers_total=total,
+                    tensor_split=split if n_gpu else tuple(0.0 for _ in gpus),
+                    n_ctx=ctx,
+                    parallel=parallel,
+                    kv_type=kv_type,
+                    usage=MappingProxyType(usage),
+                    headroom=headroom,
+                    reason=_reason(n_gpu, total, ctx, n_ctx, gpus, forced=num_gpu is not None),
+                )
+            last = (n_gpu, ctx, over)
+    assert last is not None  # layer_counts and contexts are never empty
+    n_gpu, ctx, over = last
+    numbers = "; ".join(f"{name} needs {_mib(need)}, may use {_mib(allowed)}" for name, need, allowed in over)
+    what = f"num_gpu {n_gpu}" if num_gpu is not None else f"{n_gpu} GPU layers"
+    raise PlanRefused(
+        f"{what} of {total} at num_ctx {ctx} (x{parallel}, kv {kv_type}) does not fit: {numbers}"
+        f" (headroom {_mib(headroom)} per device)",
+        param="num_gpu" if num_gpu is not None else "num_ctx",
+    )
+
+
+def _reason(n_gpu: int, total: int, ctx: int, wanted: int, gpus: Sequence[DeviceBudget], *, forced: bool) -> str:
+    where = "no GPU" if not gpus else f"{n_gpu}/{total} layers on {len(gpus)} GPU" + ("s" if len(gpus) > 1 else "")
+    if forced:
+        where += " (num_gpu forced)"
+    elif gpus and n_gpu < total:
+        where += " (the rest did not fit)"
+    context = f"context {ctx}" + (f" (shrunk from {wanted} to fit)" if ctx < wanted else "")
+    return f"{where}, {context}"
+
+
+def compare(plan: Plan, measured: Mapping[str, int]) -> dict[str, float]:
+    """measured / predicted bytes per device the plan expects to use (for logging; >1 means underestimated).
+    `measured` is bytes per device (LoadReport.bytes_on); a device the plan gives no bytes is left out."""
+    return {name: measured.get(name, 0) / use.total for name, use in plan.usage.items() if use.total > 0}
