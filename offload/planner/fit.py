@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from offload.errors import BadRequest
 from offload.planner.memory import (
@@ -77,7 +77,7 @@ class Plan:
     headroom: int  # bytes kept free on every device
     reason: str  # one line: why this plan
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "n_gpu_layers": self.n_gpu_layers,
             "layers_total": self.layers_total,
