@@ -54,10 +54,11 @@ def plan_for(
     default_ctx: int,
     backend: str = "auto",
     gpu_layers: str = "auto",
+    n_ubatch: int = 512,
 ) -> Plan:
     """Pure: the plan for `gguf` on `snapshot`. A given `ctx` is forced (never shrunk); without one the
     server's default context may shrink down to DEFAULT_NUM_CTX_MIN. `gpu_layers` is the setting ("auto",
-    "-1" or a count). Raises PlanRefused or InvalidGGUF."""
+    "-1" or a count); `n_ubatch` the runner's micro-batch (it uses num_batch). Raises PlanRefused or InvalidGGUF."""
     num_gpu = None if gpu_layers == "auto" else int(gpu_layers)
     n_ctx = ctx if ctx is not None else default_ctx
     return make_plan(
@@ -68,6 +69,7 @@ def plan_for(
         num_gpu=num_gpu,
         num_ctx_min=n_ctx if ctx is not None else min(DEFAULT_NUM_CTX_MIN, n_ctx),
         num_ctx_max=gguf.context_length,
+        n_ubatch=n_ubatch,
     )
 
 
@@ -130,6 +132,7 @@ def plan(
             default_ctx=settings.num_ctx,
             backend=settings.backend,
             gpu_layers=settings.gpu_layers,
+            n_ubatch=settings.num_batch,
         )
     except PlanRefused as exc:
         if json_output:
