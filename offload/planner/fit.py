@@ -232,7 +232,7 @@ def plan(
     if num_ctx_max is not None:
         n_ctx = min(n_ctx, num_ctx_max)
     gpus = [d for d in devices if not d.is_cpu]
-    budgets = list(devices) if any(d.is_cpu for d in devices) else [*devices]
+    budgets = list(devices)  # no "CPU" budget: the host is not checked
     total = model.layers_total
     split = _split(gpus, headroom)
     if num_gpu is not None:
