@@ -465,10 +465,12 @@ def _register_subcommands() -> None:
     from offload.cli_backends import backends_app
     from offload.cli_config import config_app
     from offload.cli_doctor import doctor
+    from offload.cli_plan import plan
 
     app.add_typer(backends_app, name="backends")
     app.add_typer(config_app, name="config")
     app.command(name="doctor")(doctor)
+    app.command(name="plan")(plan)
 
 
 _register_subcommands()

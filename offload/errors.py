@@ -8,6 +8,7 @@
     │   ├── InvalidGGUF               400 invalid_gguf
     │   ├── TemplateError             400 template_error
     │   ├── ContextLengthExceeded     400 context_length_exceeded
+    │   ├── PlanRefused               400 plan_refused
     │   └── UnsupportedByModel        400 unsupported_by_model
     ├── NotFound                      404 not_found
     │   ├── ModelNotFound             404 model_not_found
@@ -65,6 +66,12 @@ class TemplateError(BadRequest):
 
 class ContextLengthExceeded(BadRequest):
     code = "context_length_exceeded"
+
+
+class PlanRefused(BadRequest):
+    """A forced num_gpu / num_ctx (or the model itself) does not fit the devices; the message has the numbers."""
+
+    code = "plan_refused"
 
 
 class UnsupportedByModel(BadRequest):

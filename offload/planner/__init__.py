@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
+from offload.errors import PlanRefused
 from offload.planner.fit import (
     CPU,
     DeviceBudget,
     DeviceUsage,
     Plan,
-    PlanRefused,
     budgets_from,
     compare,
     context_steps,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from offload.errors import BadRequest
+from offload.errors import PlanRefused
 from offload.planner.memory import (
     KV_CELL_PAD,
     MIB,
@@ -32,11 +32,6 @@ CPU = "CPU"  # llama.cpp's name for host memory in its buffer reports
 # Uncertain for Metal: older builds print "Metal", newer "MTL0".
 DEVICE_PREFIX: Mapping[str, str] = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "MTL"}
 
-
-class PlanRefused(BadRequest):
-    """A forced num_gpu / num_ctx (or the model itself) does not fit the devices; the message has the numbers."""
-
-    code = "plan_refused"
 
 
 @dataclass(frozen=True, slots=True)
