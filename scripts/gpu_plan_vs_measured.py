@@ -29,7 +29,10 @@ def predicted(model: str, ctx: int) -> dict[str, int]:
 
 def measured(base: str, model: str, ctx: int) -> tuple[dict[str, int], int | None, int]:
     reply = httpx.post(
-        base + "/api/generate", json={"model": model, "options": {"num_ctx": ctx}, "keep_alive": "10m"}, timeout=600
+        base + "/api/generate",
+        json={"model": model, "prompt": "hi", "raw": True, "stream": False, "keep_alive": "10m",
+              "options": {"num_ctx": ctx, "num_predict": 1}},
+        timeout=600,
     )
     reply.raise_for_status()
     for entry in httpx.get(base + "/api/ps", timeout=30).json()["models"]:
