@@ -33,6 +33,7 @@ class BackendPlan:
     candidates: tuple[Candidate, ...]
     forced: bool  # the user named the backend: no fallback, an error instead
     reason: str  # why this order, for logs and `offload doctor`
+    machine: HardwareSnapshot | None = None  # what the plan was made on; the memory planner budgets from it
 
 
 def gpu_layers_for(backend: str, requested: int | None, setting: str) -> int:
@@ -67,11 +68,11 @@ def plan_from(machine: HardwareSnapshot, variants: Sequence[Variant], requested:
         usable = sorted((v for v in variants if v.problem is None), key=lambda v: (v.name != "cpu", v.source))
         if usable:
             reason = f"backend cpu was requested: {usable[0].name} build ({usable[0].source}), no layers offloaded"
-            return BackendPlan((Candidate("cpu", usable[0].path),), forced=True, reason=reason)
+            return BackendPlan((Candidate("cpu", usable[0].path),), forced=True, reason=reason, machine=machine)
     choice = choose(machine, variants, requested)
     candidates = [Candidate(v.name, v.path) for v in choice.variants]
     if not choice.forced and candidates and all(c.backend != "cpu" for c in candidates):
         # No CPU-only build installed: any build that loads can still run every layer on the CPU, the last
         # resort when its GPUs cannot be used.
         candidates.append(Candidate("cpu", candidates[-1].library_path))
-    return BackendPlan(candidates=tuple(candidates), forced=choice.forced, reason=choice.reason)
+    return BackendPlan(candidates=tuple(candidates), forced=choice.forced, reason=choice.reason, machine=machine)

@@ -19,18 +19,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from offload.backend_plan import BackendPlan, gpu_layers_for, plan_for
+from offload.backend_plan import BackendPlan, Candidate, gpu_layers_for, plan_for
 from offload.config import Settings
 from offload.durations import parse_keep_alive
 from offload.errors import BackendUnusable
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
+from offload.models.gguf import read_gguf
 from offload.models.store import StoredModel
+from offload.planner import Plan as MemoryPlan
+from offload.planner import budgets_from, compare, model_memory
+from offload.planner import plan as plan_memory
 from offload.runner.placement import is_gpu_device
 from offload.runner.process import RunnerProcess
 from offload.runner.protocol import LoadedInfo, LoadOptions
 
 log = logging.getLogger("offload.scheduler")
 _REAP_INTERVAL = 1.0
+MIN_AUTO_CTX = 2048  # on "auto" the planner may shrink the context to this before it moves layers off the GPU
 _FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 
 
@@ -241,9 +246,14 @@ class Scheduler:
         fallbacks: list[str] = []
         for candidate in plan.candidates:
             layers = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
+            memory_plan = await asyncio.to_thread(self._fit, model, candidate, plan, n_ctx, num_gpu)
+            load_ctx = n_ctx
+            if memory_plan is not None:
+                layers, load_ctx = memory_plan.n_gpu_layers, memory_plan.n_ctx
+                log.info("memory plan for %s on %s: %s", model.name, candidate.backend, memory_plan.reason)
             options = LoadOptions(
                 model_path=str(model.model_path),
-                n_ctx=n_ctx,
+                n_ctx=load_ctx,
                 n_batch=self.settings.num_batch,
                 n_threads=self.settings.num_threads,
                 n_gpu_layers=layers,
@@ -257,12 +267,35 @@ class Scheduler:
                 fallbacks.append(f"{candidate.backend}: {exc.message}")
                 log.warning("FALLBACK: backend %s cannot run %s: %s", candidate.backend, model.name, exc.message)
                 continue
+            if memory_plan is not None:
+                measured = {d["name"]: sum(d["buffers"].values()) for d in (info.placement or {}).get("devices", [])}
+                ratios = ", ".join(f"{name} {ratio:.3f}" for name, ratio in compare(memory_plan, measured).items())
+                log.info("memory measured/predicted for %s: %s", model.name, ratios or "n/a")
             return self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks))
         tried = "; ".join(fallbacks)
         if plan.forced:
             requested = plan.candidates[0].backend
             raise BackendUnusable(f"backend {requested} was requested but cannot run {model.name}: {tried}")
         raise BackendUnusable(f"no backend could load {model.name}: {tried}")
+
+    def _fit(
+        self, model: StoredModel, candidate: Candidate, plan: BackendPlan, n_ctx: int, num_gpu: int | None
+    ) -> MemoryPlan | None:
+        """The memory planner's layers and context for a GPU backend left on "auto" (blocking: reads the GGUF).
+        None when the user fixed the layers, for the CPU, or when the plan has no hardware snapshot."""
+        if candidate.backend == "cpu" or num_gpu is not None or self.settings.gpu_layers != "auto":
+            return None
+        if plan.machine is None:
+            return None
+        gguf = read_gguf(model.model_path)
+        return plan_memory(
+            model_memory(gguf),
+            budgets_from(plan.machine, candidate.backend),
+            n_ctx=n_ctx,
+            num_ctx_min=min(MIN_AUTO_CTX, n_ctx),
+            num_ctx_max=gguf.context_length,
+            n_ubatch=self.settings.num_batch,
+        )
 
     def _loaded_entry(
         self,

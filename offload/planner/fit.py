@@ -190,7 +190,7 @@ def _overflows(
         if budget.is_cpu:
             need += unified  # a unified GPU's bytes are system memory too
         allowed = budget.free - headroom
-        if need > allowed:
+        if need > 0 and need > allowed:  # a device given nothing fits however full it is
             out.append((budget.name, need, allowed))
     return out
 

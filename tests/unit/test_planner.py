@@ -443,3 +443,13 @@ def test_plan_json_lists_every_device() -> None:
     data = p.to_json()
     assert [d["name"] for d in data["devices"]] == ["CUDA0", CPU]
     assert sum(d["layers"] for d in data["devices"]) == 17
+
+
+
+def test_a_full_gpu_given_no_layers_does_not_refuse_the_plan() -> None:
+    # Seen wiring the planner into the scheduler: a GPU with less free memory than the headroom made every plan
+    # "not fit", even the one that leaves it empty. The right plan runs everything on the CPU.
+    devices = [DeviceBudget("CUDA0", 1 * MIB), DeviceBudget(CPU, 32 * GIB)]
+    p = _plan(devices)
+    assert p.n_gpu_layers == 0
+    assert dict(p.layers_per_device) == {"CUDA0": 0, CPU: p.layers_total}

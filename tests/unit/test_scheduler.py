@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -17,11 +18,14 @@ from offload.backend_plan import ALL_LAYERS, BackendPlan, Candidate, gpu_layers_
 from offload.config import Settings, load_settings
 from offload.errors import BackendUnusable, RunnerCrashed, RunnerStartFailed
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
+from offload.hardware.probe import snapshot
 from offload.models.names import parse_name
 from offload.models.store import StoredModel
 from offload.runner.protocol import LoadOptions
 from offload.scheduler import Runner, Scheduler, expired, wanted_context
+from tests.fakes.hardware import H100, FakeGpu, nvidia_h100
 from tests.fakes.runner import FakeRunner, FakeRunnerFactory
+from tests.fixtures.gguf_files import write_tiny_gguf
 
 T = TypeVar("T")
 POLL_LIMIT = 5.0  # seconds a test waits for the reaper before it gives up: only a broken reaper gets near it
@@ -629,3 +633,56 @@ def test_gpu_layers_asked_but_none_landed_is_a_warning_in_ps(tmp_path: Path) -> 
 )
 def test_gpu_layers_for(backend: str, requested: int | None, setting: str, layers: int) -> None:
     assert gpu_layers_for(backend, requested, setting) == layers
+
+
+# ---- gpu_layers "auto": the memory planner sizes layers and context from the machine the plan was made on ------
+
+
+def real_tiny_model(tmp_path: Path) -> StoredModel:
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")  # 1 block + output = 2 layers, context 256
+    model = stored(tmp_path)
+    return dataclasses.replace(model, model_path=path)
+
+
+def gpu_plan_on(gpu: FakeGpu) -> Callable[[Settings], BackendPlan]:
+    def plan(settings: Settings) -> BackendPlan:
+        machine = snapshot(nvidia_h100(gpus=(gpu,)))
+        return BackendPlan((Candidate("cuda", None), Candidate("cpu", None)), False, "test", machine=machine)
+
+    return plan
+
+
+def first_load_options(tmp_path: Path, gpu: FakeGpu, **settings: object) -> LoadOptions:
+    model = real_tiny_model(tmp_path)
+    factory = FakeRunnerFactory()
+
+    async def main() -> None:
+        sched = Scheduler(
+            load_settings(home=tmp_path, **settings), runner_factory=factory, plan_factory=gpu_plan_on(gpu)
+        )
+        try:
+            await sched.load(model, math.inf)
+        finally:
+            await sched.close()
+
+    asyncio.run(main())
+    return factory.runners[0].options
+
+
+def test_auto_puts_every_layer_on_a_gpu_with_room(tmp_path: Path) -> None:
+    options = first_load_options(tmp_path, H100)
+    assert options.backend == "cuda"
+    assert options.n_gpu_layers == 2  # the planner's count (blocks + output), not a blanket 999
+    assert options.n_ctx == 256  # the requested 4096 clamped to what the model was trained for
+
+
+def test_auto_keeps_layers_off_a_gpu_without_room(tmp_path: Path) -> None:
+    full = dataclasses.replace(H100, free=1 << 20)  # 1 MiB free: less than the planner's headroom
+    options = first_load_options(tmp_path, full)
+    assert options.backend == "cuda"
+    assert options.n_gpu_layers == 0
+
+
+def test_a_fixed_gpu_layers_setting_bypasses_the_planner(tmp_path: Path) -> None:
+    options = first_load_options(tmp_path, H100, gpu_layers="7")
+    assert options.n_gpu_layers == 7
