@@ -37,7 +37,7 @@ def gemma3(tmp_path_factory: pytest.TempPathFactory) -> GGUFFile:
     from offload.models.store import Store
 
     if not starter_available():
-        pytest.skip("the starter model package is not installed")
+        pytest.fail("the starter model package is not installed (make test installs offload[starter])")
     return read_gguf(ensure_starter(Store(tmp_path_factory.mktemp("store"))).model_path)
 
 
