@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -60,38 +61,11 @@ async def chat_completions(request: Request) -> Response:
 
     include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
 
-    def encode(chunk: Chunk) -> list[bytes]:
-        out = []
-        if chunk.text:
-            out.append(
-                sse(
-                    openai.chat_chunk(
-                        completion_id, created, wire.model, {"content": chunk.text}, with_usage=include_usage
-                    )
-                )
-            )
-        if chunk.done:
-            out.append(
-                sse(
-                    openai.chat_chunk(
-                        completion_id,
-                        created,
-                        wire.model,
-                        {},
-                        openai.finish_reason(chunk),
-                        with_usage=include_usage,
-                    )
-                )
-            )
-            if include_usage:
-                out.append(
-                    sse(
-                        openai.usage_chunk("chat.completion.chunk", completion_id, created, wire.model, chunk)
-                    )
-                )
-            out.append(DONE)
-        return out
+    def event(text: str, finish: str | None) -> dict[str, Any]:
+        delta = {"content": text} if text else {}
+        return openai.chat_chunk(completion_id, created, wire.model, delta, finish, with_usage=include_usage)
 
+    encode = _sse_encoder(event, "chat.completion.chunk" if include_usage else None, completion_id, created, wire.model)
     head = [
         sse(
             openai.chat_chunk(
@@ -132,42 +106,38 @@ async def completions(request: Request) -> Response:
 
     include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
 
-    def encode(chunk: Chunk) -> list[bytes]:
-        out = []
-        if chunk.text:
-            out.append(
-                sse(
-                    openai.completion_chunk(
-                        completion_id, created, wire.model, chunk.text, with_usage=include_usage
-                    )
-                )
-            )
-        if chunk.done:
-            out.append(
-                sse(
-                    openai.completion_chunk(
-                        completion_id,
-                        created,
-                        wire.model,
-                        "",
-                        openai.finish_reason(chunk),
-                        with_usage=include_usage,
-                    )
-                )
-            )
-            if include_usage:
-                out.append(
-                    sse(openai.usage_chunk("text_completion", completion_id, created, wire.model, chunk))
-                )
-            out.append(DONE)
-        return out
+    def event(text: str, finish: str | None) -> dict[str, Any]:
+        return openai.completion_chunk(completion_id, created, wire.model, text, finish, with_usage=include_usage)
 
+    encode = _sse_encoder(event, "text_completion" if include_usage else None, completion_id, created, wire.model)
     head = (
         [sse(openai.completion_chunk(completion_id, created, wire.model, echoed, with_usage=include_usage))]
         if echoed
         else []
     )
     return streaming_response(encode_stream(generation, encode, _encode_error, head=head), SSE, generation.headers)
+
+
+def _sse_encoder(
+    event: Callable[[str, str | None], dict[str, Any]],
+    usage_kind: str | None,
+    completion_id: str,
+    created: int,
+    model: str,
+) -> Callable[[Chunk], list[bytes]]:
+    """SSE lines for one chunk of either OpenAI stream: the text as an event; at the end the finish event, the
+    usage event when asked for (`usage_kind` names its object), and [DONE]."""
+
+    def encode(chunk: Chunk) -> list[bytes]:
+        out = [sse(event(chunk.text, None))] if chunk.text else []
+        if chunk.done:
+            out.append(sse(event("", openai.finish_reason(chunk))))
+            if usage_kind is not None:
+                out.append(sse(openai.usage_chunk(usage_kind, completion_id, created, model, chunk)))
+            out.append(DONE)
+        return out
+
+    return encode
 
 
 async def _start(
