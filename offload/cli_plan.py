@@ -38,11 +38,11 @@ def gpu_library(snapshot: HardwareSnapshot, backend: str) -> str | None:
     return next((lib for lib in GPU_PREFERENCE if snapshot.usable(lib)), None)
 
 
-def budgets_for(snapshot: HardwareSnapshot, backend: str) -> tuple[DeviceBudget, ...]:
+def budgets_for(snapshot: HardwareSnapshot, backend: str, gpu_limit: int | None = None) -> tuple[DeviceBudget, ...]:
     library = gpu_library(snapshot, backend)
     if library is None:
         return (DeviceBudget("CPU", snapshot.cpu.memory_available),)
-    return budgets_from(snapshot, library)
+    return budgets_from(snapshot, library, limit=gpu_limit)
 
 
 def plan_for(
@@ -55,15 +55,17 @@ def plan_for(
     backend: str = "auto",
     gpu_layers: str = "auto",
     n_ubatch: int = 512,
+    gpu_limit: int | None = None,
 ) -> Plan:
     """Pure: the plan for `gguf` on `snapshot`. A given `ctx` is forced (never shrunk); without one the
     server's default context may shrink down to DEFAULT_NUM_CTX_MIN. `gpu_layers` is the setting ("auto",
-    "-1" or a count); `n_ubatch` the runner's micro-batch (it uses num_batch). Raises PlanRefused or InvalidGGUF."""
+    "-1" or a count); `n_ubatch` the runner's micro-batch (it uses num_batch); `gpu_limit` caps each GPU
+    (OFFLOAD_GPU_MEMORY_LIMIT). Raises PlanRefused or InvalidGGUF."""
     num_gpu = None if gpu_layers == "auto" else int(gpu_layers)
     n_ctx = ctx if ctx is not None else default_ctx
     return make_plan(
         model_memory(gguf),
-        budgets_for(snapshot, backend),
+        budgets_for(snapshot, backend, gpu_limit),
         n_ctx=n_ctx,
         parallel=parallel,
         num_gpu=num_gpu,
@@ -75,12 +77,13 @@ def plan_for(
 
 def render(model: str, p: Plan) -> str:
     """The human table: one row per device, then the context, split and reason."""
-    rows: list[tuple[str, ...]] = [("DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "TOTAL")]
+    rows: list[tuple[str, ...]] = [("DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "OVERHEAD", "TOTAL")]
     for name, use in p.usage.items():
-        cells = (use.weights, use.kv, use.compute, use.total)
+        cells = (use.weights, use.kv, use.compute, use.overhead, use.total)
         rows.append((name, str(p.layers_per_device.get(name, 0)), *(f"{n / MIB:.1f} MiB" for n in cells)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"{model}: {p.n_gpu_layers}/{p.layers_total} layers on GPU, context {p.n_ctx} x{p.parallel}"]
+    slots = f" x {p.parallel} sequences" if p.parallel > 1 else ""
+    lines = [f"{model}: {p.n_gpu_layers}/{p.layers_total} layers on GPU, context {p.n_ctx}{slots}"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     if p.tensor_split:
         lines.append("tensor split: " + ", ".join(f"{f:.3f}" for f in p.tensor_split))
@@ -133,6 +136,7 @@ def plan(
             backend=settings.backend,
             gpu_layers=settings.gpu_layers,
             n_ubatch=settings.num_batch,
+            gpu_limit=settings.gpu_memory_limit,
         )
     except PlanRefused as exc:
         if json_output:

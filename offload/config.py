@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ByteSize, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -83,6 +83,20 @@ class Settings(BaseSettings):
         description="Prompt tokens evaluated per llama_decode call.",
         json_schema_extra=_key("llm.num_batch"),
     )
+    num_parallel: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Sequence slots per loaded model: the KV cache holds num_ctx tokens for each, so memory grows "
+        "with it. Requests beyond the slots wait in the model's queue.",
+        json_schema_extra=_key("llm.num_parallel"),
+    )
+    gpu_memory_limit: ByteSize | None = Field(
+        None,
+        description="Most memory offload's runners may use on each GPU together, CUDA context included (e.g. "
+        "6GiB). Unset: the GPU's free memory less a 512 MiB headroom.",
+        json_schema_extra=_key("llm.gpu_memory_limit"),
+    )
     backend: str = Field(
         "auto",
         description="llama.cpp backend variant: auto (the best this machine can use), cuda, rocm, vulkan, metal "
@@ -93,6 +107,22 @@ class Settings(BaseSettings):
         "auto",
         description="Layers to offload to the GPU: auto (as many as fit), -1 (all) or a count >= 0.",
         json_schema_extra=_key("llm.gpu_layers"),
+    )
+    max_loaded_models: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Models loaded at once; 0 means 3 per GPU, or 3 on a machine without one. Past it (or past "
+        "the memory), the least recently used idle model is unloaded.",
+        json_schema_extra=_key("scheduler.max_loaded_models"),
+    )
+    max_queue: int = Field(
+        512,
+        ge=1,
+        le=1 << 20,
+        description="Requests that may wait for one model beyond its busy slots; past it the server answers 503 "
+        "with Retry-After.",
+        json_schema_extra=_key("scheduler.max_queue"),
     )
     runner_start_timeout: float = Field(
         300.0,
@@ -129,6 +159,14 @@ class Settings(BaseSettings):
         if count < -1:
             raise ValueError(f'gpu_layers must be "auto", -1 or a count >= 0, not {value!r}')
         return str(count)
+
+    @field_validator("gpu_memory_limit", mode="before")
+    @classmethod
+    def _no_limit(cls, value: object) -> object:
+        # "", "0" and "none" mean no limit, as an unset variable does.
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "0", "none"}) or value == 0:
+            return None
+        return value
 
     @field_validator("log_level")
     @classmethod

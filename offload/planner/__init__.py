@@ -7,12 +7,14 @@ from __future__ import annotations
 from offload.errors import PlanRefused
 from offload.planner.fit import (
     CPU,
+    GPU_OVERHEAD,
     DeviceBudget,
     DeviceUsage,
     Plan,
     budgets_from,
     compare,
     context_steps,
+    gpu_total,
     plan,
 )
 from offload.planner.memory import (
@@ -30,6 +32,7 @@ from offload.planner.memory import (
 
 __all__ = [
     "CPU",
+    "GPU_OVERHEAD",
     "KV_BYTES_PER_ELEMENT",
     "DeviceBudget",
     "DeviceUsage",
@@ -41,6 +44,7 @@ __all__ = [
     "compare",
     "compute_buffer_bytes",
     "context_steps",
+    "gpu_total",
     "host_buffer_bytes",
     "kv_cache_bytes",
     "kv_cache_per_layer",

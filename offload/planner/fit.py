@@ -2,7 +2,10 @@
 
 Policy, in order: keep as many layers on the GPUs as fit; at a given layer count shrink the context (in steps of
 256, down to `num_ctx_min`) before giving up a layer; a forced layer count (`num_gpu`) is honoured or refused
-with the numbers. Layers are counted as llama.cpp's n_gpu_layers counts them: block_count + 1 (the output layer);
+with the numbers. Contexts are per sequence, as Ollama's num_ctx: `parallel` slots need `parallel` times the KV
+cache. A GPU's expected bytes include the per-process overhead its driver takes (the CUDA context), so a plan
+compares with what NVML reports for the runner process, not only with llama.cpp's buffers.
+Layers are counted as llama.cpp's n_gpu_layers counts them: block_count + 1 (the output layer);
 llama.cpp offloads the *last* n layers, so the output layer is the first to go to a GPU and the last to leave.
 """
 
@@ -31,6 +34,11 @@ CPU = "CPU"  # llama.cpp's name for host memory in its buffer reports
 # llama.cpp's device names per offload library (what its load report prints, so compare() can match them).
 # Uncertain for Metal: older builds print "Metal", newer "MTL0".
 DEVICE_PREFIX: Mapping[str, str] = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "MTL"}
+# What a runner process takes on a GPU beyond llama.cpp's buffers (driver context, kernels, cuBLAS workspace), per
+# library. cuda: NVML per-process memory minus the buffers llama.cpp reported, measured on an H200 (driver 580,
+# CUDA 13.0, llama-cpp-python 0.3.36): 523 MiB for every model and context tried (docs/GPU.md). The scheduler
+# replaces it with what it measures on the machine once a runner has loaded. Others: not measured yet, so 0.
+GPU_OVERHEAD: Mapping[str, int] = {"cuda": 523 * MIB}
 
 
 
@@ -42,6 +50,13 @@ class DeviceBudget:
     name: str  # llama.cpp's device name: "CUDA0", "Vulkan1", "MTL0", or "CPU" for system memory
     free: int
     unified: bool = False
+    overhead: int = 0  # bytes a runner process takes here beyond its buffers, once it uses the device at all
+    limit: int | None = None  # most bytes a plan may use here (overhead included); None: free less headroom
+
+    def allowed(self, headroom: int) -> int:
+        """Bytes a plan may use on this device."""
+        room = self.free - headroom
+        return room if self.limit is None else min(room, self.limit)
 
     @property
     def is_cpu(self) -> bool:
@@ -53,10 +68,17 @@ class DeviceUsage:
     weights: int
     kv: int
     compute: int
+    overhead: int = 0  # the driver's per-process share (DeviceBudget.overhead) when the device holds anything
+
+    @property
+    def buffers(self) -> int:
+        """What llama.cpp allocates and reports in its load log."""
+        return self.weights + self.kv + self.compute
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv + self.compute
+        """What the device loses to the runner: buffers plus overhead (NVML's per-process number on NVIDIA)."""
+        return self.buffers + self.overhead
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +87,7 @@ class Plan:
     n_gpu_layers: int  # llama.cpp's n_gpu_layers
     layers_total: int  # block_count + 1
     tensor_split: tuple[float, ...]  # one fraction per GPU budget, in the order given; () without GPUs
-    n_ctx: int
+    n_ctx: int  # per sequence
     parallel: int
     kv_type: str
     usage: Mapping[str, DeviceUsage]  # expected bytes per device
@@ -89,6 +111,7 @@ class Plan:
                     "weights": use.weights,
                     "kv": use.kv,
                     "compute": use.compute,
+                    "overhead": use.overhead,
                     "total": use.total,
                 }
                 for name, use in self.usage.items()
@@ -96,15 +119,27 @@ class Plan:
         }
 
 
-def budgets_from(snapshot: HardwareSnapshot, library: str | None = None) -> tuple[DeviceBudget, ...]:
+def budgets_from(
+    snapshot: HardwareSnapshot,
+    library: str | None = None,
+    *,
+    limit: int | None = None,
+    overhead: int | None = None,
+) -> tuple[DeviceBudget, ...]:
     """Budgets for the GPUs of `library` (default: the library of the first device) plus the CPU. A device
-    whose driver cannot tell free memory is budgeted at its total; integrated devices are `unified`."""
-    gpus = snapshot.usable(library or (snapshot.devices[0].library if snapshot.devices else "cpu"))
+    whose driver cannot tell free memory is budgeted at its total; integrated devices are `unified`. `limit`
+    caps what each GPU may hold (OFFLOAD_GPU_MEMORY_LIMIT); `overhead` is the per-process GPU overhead
+    (default: GPU_OVERHEAD for the library)."""
+    library = library or (snapshot.devices[0].library if snapshot.devices else "cpu")
+    gpus = snapshot.usable(library)
+    per_process = GPU_OVERHEAD.get(library, 0) if overhead is None else overhead
     out = [
         DeviceBudget(
             name=f"{DEVICE_PREFIX.get(d.library, d.library)}{d.index}",
             free=d.free_memory if d.free_memory is not None else d.total_memory,
             unified=d.integrated or d.library == "metal",
+            overhead=per_process,
+            limit=limit,
         )
         for d in gpus
     ]
@@ -125,8 +160,8 @@ def context_steps(n_ctx: int, num_ctx_min: int) -> tuple[int, ...]:
 
 
 def _split(gpus: Sequence[DeviceBudget], headroom: int) -> tuple[float, ...]:
-    """llama.cpp tensor_split: fractions in proportion to each GPU's free memory after headroom."""
-    usable = [max(0, g.free - headroom) for g in gpus]
+    """llama.cpp tensor_split: fractions in proportion to what each GPU may hold."""
+    usable = [max(0, g.allowed(headroom) - g.overhead) for g in gpus]
     total = sum(usable)
     if total == 0:
         return tuple(1 / len(gpus) for _ in gpus) if gpus else ()
@@ -147,7 +182,7 @@ def _usage(
 ) -> tuple[dict[str, int], dict[str, DeviceUsage]]:
     shape = model.shape
     devices = layer_devices(model.layers_total, n_gpu, split, [g.name for g in gpus], CPU)
-    kv = kv_cache_per_layer(shape, n_ctx=n_ctx, parallel=parallel, kv_type=kv_type, n_ubatch=n_ubatch)
+    kv = kv_cache_per_layer(shape, n_ctx=n_ctx * parallel, parallel=parallel, kv_type=kv_type, n_ubatch=n_ubatch)
     names = [g.name for g in gpus] + [CPU]
     layers = dict.fromkeys(names, 0)
     weights = dict.fromkeys(names, 0)
@@ -162,6 +197,7 @@ def _usage(
             weights[device] += (model.output_bytes - (model.token_embd_bytes if tied_host else 0)) + model.other_bytes
     weights[CPU] += model.token_embd_bytes  # the input layer stays on the host
     output_device = devices[-1]
+    overheads = {g.name: g.overhead for g in gpus}
     usage: dict[str, DeviceUsage] = {}
     for name in names:
         has_layers = any(d == name for d in devices[: shape.n_layer])
@@ -175,7 +211,9 @@ def _usage(
         )
         if name == CPU:
             compute += host_buffer_bytes(shape, n_ubatch=n_ubatch, parallel=parallel, offloaded=n_gpu > 0)
-        usage[name] = DeviceUsage(weights=weights[name], kv=kv_bytes[name], compute=compute)
+        held = weights[name] + kv_bytes[name] + compute
+        overhead = overheads.get(name, 0) if held else 0
+        usage[name] = DeviceUsage(weights=weights[name], kv=kv_bytes[name], compute=compute, overhead=overhead)
     return layers, usage
 
 
@@ -189,7 +227,7 @@ def _overflows(
         need = usage[budget.name].total if budget.name in usage else 0
         if budget.is_cpu:
             need += unified  # a unified GPU's bytes are system memory too
-        allowed = budget.free - headroom
+        allowed = budget.allowed(headroom)
         if need > 0 and need > allowed:  # a device given nothing fits however full it is
             out.append((budget.name, need, allowed))
     return out
@@ -216,9 +254,10 @@ def plan(
     """The plan for `model` on `devices` (GPU budgets in tensor-split order, and at most one "CPU" budget;
     without one the host is assumed unlimited).
 
-    n_ctx is the context wanted, clamped to num_ctx_max (the model's trained context, say); the planner may
-    shrink it to num_ctx_min — pass num_ctx_min = n_ctx to force it. num_gpu forces the GPU layer count
-    (negative: all; clamped to block_count + 1). `headroom` bytes stay free on every device.
+    n_ctx is the context wanted per sequence (each of `parallel` slots gets it), clamped to num_ctx_max (the
+    model's trained context, say); the planner may shrink it to num_ctx_min — pass num_ctx_min = n_ctx to force
+    it. num_gpu forces the GPU layer count (negative: all; clamped to block_count + 1).
+    `headroom` bytes stay free on every device; a DeviceBudget.limit caps what its device may hold.
     Raises PlanRefused (with the needed and allowed bytes per device) when nothing within those limits fits,
     ValueError for a bad argument.
     """
@@ -288,6 +327,12 @@ def _reason(n_gpu: int, total: int, ctx: int, wanted: int, gpus: Sequence[Device
 
 
 def compare(plan: Plan, measured: Mapping[str, int]) -> dict[str, float]:
-    """measured / predicted bytes per device the plan expects to use (for logging; >1 means underestimated).
-    `measured` is bytes per device (LoadReport.bytes_on); a device the plan gives no bytes is left out."""
-    return {name: measured.get(name, 0) / use.total for name, use in plan.usage.items() if use.total > 0}
+    """measured / predicted buffer bytes per device the plan expects to use (for logging; >1 means
+    underestimated). `measured` is llama.cpp's buffers per device (from its load report), so the overhead is
+    left out of the prediction; a device the plan gives no buffers is left out."""
+    return {name: measured.get(name, 0) / use.buffers for name, use in plan.usage.items() if use.buffers > 0}
+
+
+def gpu_total(plan: Plan) -> int:
+    """Bytes the plan expects on all GPUs together, overhead included: what NVML's per-process number measures."""
+    return sum(use.total for name, use in plan.usage.items() if name != CPU)

@@ -87,8 +87,8 @@ def test_table(app: typer.Typer) -> None:
     result = runner.invoke(app, ["gemma3:270m", "--ctx", "8192", "--parallel", "2"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "gemma3:270m: 19/19 layers on GPU, context 8192 x2"
-    assert lines[1].split() == ["DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "TOTAL"]
+    assert lines[0] == "gemma3:270m: 19/19 layers on GPU, context 8192 x 2 sequences"
+    assert lines[1].split() == ["DEVICE", "LAYERS", "WEIGHTS", "KV", "COMPUTE", "OVERHEAD", "TOTAL"]
     assert lines[2].split()[:2] == ["CUDA0", "19"]
     assert "tensor split: 1.000" in result.output
 
@@ -100,7 +100,8 @@ def test_json(app: typer.Typer) -> None:
     assert data["model"] == "gemma3:270m" and data["n_ctx"] == 4096 and data["n_gpu_layers"] == 19
     cuda = next(d for d in data["devices"] if d["name"] == "CUDA0")
     assert cuda["kv"] == 72 * MIB  # gemma3 270m at 4096: 12 + 60 MiB, as llama.cpp allocates it
-    assert cuda["total"] == cuda["weights"] + cuda["kv"] + cuda["compute"]
+    assert cuda["overhead"] == 523 * MIB  # the CUDA context, counted on the GPU that holds layers
+    assert cuda["total"] == cuda["weights"] + cuda["kv"] + cuda["compute"] + cuda["overhead"]
 
 
 def test_refusal_exits_1_with_the_numbers(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:

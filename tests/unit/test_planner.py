@@ -3,6 +3,7 @@ machine shapes: one GPU, two unequal GPUs, CPU only, Apple unified memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from offload.planner import (
     compare,
     compute_buffer_bytes,
     context_steps,
+    gpu_total,
     host_buffer_bytes,
     kv_cache_bytes,
     kv_cache_per_layer,
@@ -427,10 +429,14 @@ def test_budgets_from_snapshot() -> None:
         ),
     )
     machine = HardwareSnapshot(devices=devices, cpu=cpu, libraries=(), rejections=(), cuda_driver_version=None)
+    cuda = 523 * MIB  # GPU_OVERHEAD["cuda"]: the CUDA context each runner process takes
     assert budgets_from(machine) == (
-        DeviceBudget("CUDA0", 70 * GIB),
-        DeviceBudget("CUDA1", 24 * GIB),  # free unknown: its total
+        DeviceBudget("CUDA0", 70 * GIB, overhead=cuda),
+        DeviceBudget("CUDA1", 24 * GIB, overhead=cuda),  # free unknown: its total
         DeviceBudget(CPU, 48 * GIB),
+    )
+    assert budgets_from(machine, limit=6 * GIB, overhead=500 * MIB)[0] == DeviceBudget(
+        "CUDA0", 70 * GIB, overhead=500 * MIB, limit=6 * GIB
     )
     assert budgets_from(machine, "vulkan") == (
         DeviceBudget("Vulkan0", 8 * GIB, unified=True),
@@ -453,3 +459,64 @@ def test_a_full_gpu_given_no_layers_does_not_refuse_the_plan() -> None:
     p = _plan(devices)
     assert p.n_gpu_layers == 0
     assert dict(p.layers_per_device) == {"CUDA0": 0, CPU: p.layers_total}
+
+
+# ---------------------------------------------------------------- overhead, limits, parallel slots
+
+MEMORY_8B = model_memory(llama_gguf(n_layer=32, n_embd=4096, n_head=32, n_kv=8, n_ff=14336, vocab=128256))
+
+
+def test_parallel_slots_each_get_the_context() -> None:
+    """num_ctx is per sequence (Ollama's meaning): 4 slots of 4096 hold 4x the KV of one."""
+    gpu = [DeviceBudget("CUDA0", 80 * GIB), DeviceBudget(CPU, 64 * GIB)]
+    one, four = _plan(gpu), _plan(gpu, parallel=4)
+    assert four.n_ctx == one.n_ctx == 4096
+    assert four.usage["CUDA0"].kv == 4 * one.usage["CUDA0"].kv == 4 * 128 * MIB
+
+
+@pytest.mark.parametrize("overhead", [0, 523 * MIB])
+def test_overhead_counts_once_on_a_gpu_that_holds_something(overhead: int) -> None:
+    gpus = [DeviceBudget("CUDA0", 80 * GIB, overhead=overhead), DeviceBudget("CUDA1", 80 * GIB, overhead=overhead)]
+    p = _plan([*gpus, DeviceBudget(CPU, 64 * GIB)])
+    for name in ("CUDA0", "CUDA1"):
+        use = p.usage[name]
+        assert use.overhead == overhead and use.total == use.buffers + overhead
+    assert p.usage[CPU].overhead == 0
+    idle = _plan([*gpus, DeviceBudget(CPU, 64 * GIB)], num_gpu=0)
+    assert idle.usage["CUDA0"].total == 0  # a GPU given nothing costs nothing
+
+
+def test_overhead_can_push_a_layer_off_the_gpu() -> None:
+    """The same free memory holds fewer layers once the CUDA context is counted."""
+    free = 900 * MIB
+    without = _plan([DeviceBudget("CUDA0", free), DeviceBudget(CPU, 64 * GIB)])
+    with_context = _plan([DeviceBudget("CUDA0", free, overhead=300 * MIB), DeviceBudget(CPU, 64 * GIB)])
+    assert with_context.n_gpu_layers < without.n_gpu_layers or with_context.n_ctx < without.n_ctx
+    assert with_context.usage["CUDA0"].total <= free - with_context.headroom
+
+
+@pytest.mark.parametrize("limit_gib", [3, 4, 5, 6])
+def test_a_gpu_limit_is_filled_to_90_percent_and_never_passed(limit_gib: int) -> None:
+    """An 8B Q4_K_M on a large GPU capped at OFFLOAD_GPU_MEMORY_LIMIT: the plan stays under the cap, overhead
+    included, and leaves less than 10% of it unused (layers are ~4% of 3 GiB each: granularity allows it)."""
+    limit = limit_gib * GIB
+    gpu = DeviceBudget("CUDA0", 140 * GIB, overhead=523 * MIB, limit=limit)
+    p = plan(MEMORY_8B, [gpu, DeviceBudget(CPU, 64 * GIB)], n_ctx=8192, num_ctx_min=2048)
+    used = p.usage["CUDA0"].total
+    assert used <= limit
+    assert used >= 0.9 * limit, (p.n_gpu_layers, p.n_ctx, used / limit)
+    roomy = plan(MEMORY_8B, [dataclasses.replace(gpu, limit=8 * GIB), DeviceBudget(CPU, 64 * GIB)], n_ctx=8192)
+    assert roomy.n_gpu_layers == 33 and roomy.n_ctx == 8192  # a cap above the need changes nothing
+
+
+def test_limit_smaller_than_the_overhead_keeps_every_layer_off_the_gpu() -> None:
+    gpu = DeviceBudget("CUDA0", 140 * GIB, overhead=523 * MIB, limit=256 * MIB)
+    p = plan(MEMORY_8B, [gpu, DeviceBudget(CPU, 64 * GIB)], n_ctx=4096)
+    assert p.n_gpu_layers == 0 and p.usage["CUDA0"].total == 0
+
+
+def test_compare_leaves_the_overhead_out() -> None:
+    p = _plan([DeviceBudget("CUDA0", 80 * GIB, overhead=523 * MIB), DeviceBudget(CPU, 64 * GIB)])
+    buffers = p.usage["CUDA0"].buffers
+    assert compare(p, {"CUDA0": buffers, CPU: p.usage[CPU].buffers}) == {"CUDA0": 1.0, CPU: 1.0}
+    assert gpu_total(p) == buffers + 523 * MIB
