@@ -19,7 +19,8 @@
     ├── StarterUnavailable            500 starter_unavailable
     └── RunnerError                   500 runner_error
         ├── RunnerStartFailed         500 runner_start_failed
-        │   └── BackendUnusable       500 backend_unusable
+        │   ├── BackendUnusable       500 backend_unusable
+        │   └── OutOfMemory           500 out_of_memory
         └── RunnerCrashed             500 runner_crashed
 
 Foreign exceptions are translated where they enter offload (`raise X(...) from exc`); the API layer maps
@@ -37,6 +38,10 @@ class OffloadError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error's response carries beside its body."""
+        return {}
 
 
 class BadRequest(OffloadError):
@@ -101,8 +106,18 @@ class Conflict(OffloadError):
 
 
 class ServerBusy(OffloadError):
+    """Too many requests wait for one model (OFFLOAD_MAX_QUEUE): answered 503 with `Retry-After: retry_after`."""
+
     status = 503
     code = "server_busy"
+    retry_after: int = 1  # seconds; also what an instance rebuilt by `from_code` says
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreError(OffloadError):
@@ -125,6 +140,24 @@ class BackendUnusable(RunnerStartFailed):
     """The runner's llama.cpp build cannot run the chosen backend (it exited 78): the next backend is tried."""
 
     code = "backend_unusable"
+
+
+class OutOfMemory(RunnerStartFailed):
+    """llama.cpp could not allocate a buffer (weights, KV cache or compute) while loading: the backend works, the
+    plan was too big for the memory free on `device`, so a smaller plan on the same backend may fit.
+
+    `device` is llama.cpp's device name ("CUDA0", "CPU") and `requested` the bytes of the allocation that failed;
+    either is None where llama.cpp's log did not say (and after `from_code`, which carries only the message).
+    """
+
+    code = "out_of_memory"
+    device: str | None = None
+    requested: int | None = None
+
+    def __init__(self, message: str, *, device: str | None = None, requested: int | None = None) -> None:
+        super().__init__(message)
+        self.device = device
+        self.requested = requested
 
 
 class RunnerCrashed(RunnerError):

@@ -2,8 +2,9 @@
 
 Threads: a reader thread turns frames into a queue; the main thread owns llama.cpp and runs the engine loop,
 taking control messages between steps. Exit codes: 0 after shutdown or when the server went away,
-1 when the model could not be loaded, 70 on an internal error, 78 when this llama.cpp build cannot run the backend
-the server chose (no library, no driver, no device): the server then tries the next backend.
+1 when the model could not be loaded (out of memory included: a smaller plan may fit), 70 on an internal error,
+78 when this llama.cpp build cannot run the backend the server chose (no library, no driver, no device): the server
+then tries the next backend.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Nothing imported at the top loads llama.cpp: _load imports offload.runner.llamacpp, which loads libllama through
 # llama-cpp-python's bare ctypes bindings (no numpy, no Python log callback: docs/GPU.md says why).
-from offload.errors import BackendUnusable, OffloadError
+from offload.errors import BackendUnusable, OffloadError, OutOfMemory, RunnerStartFailed
 from offload.generation import EmbedRequest, GenerateRequest, from_wire, to_wire
 from offload.hardware.cpu import physical_cores
 from offload.runner.gpumem import process_gpu_memory
-from offload.runner.placement import parse_load_log
+from offload.runner.placement import allocation_failed, parse_load_log, parse_oom
 from offload.runner.protocol import LoadedInfo, LoadOptions, Message, SyncChannel
 
 if TYPE_CHECKING:
@@ -81,7 +83,8 @@ def _captured_stderr() -> Iterator[io.StringIO]:
 
 def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine, LoadedInfo]:
     """Load the model with the llama.cpp build on PYTHONPATH. BackendUnusable when that build cannot do the backend
-    the server chose; the placement comes from llama.cpp's own load report."""
+    the server chose; OutOfMemory when llama.cpp could not allocate a buffer; the placement comes from llama.cpp's
+    own load report. options.n_ctx is the context of all options.n_seq_max sequences together."""
     started = time.perf_counter_ns()
     try:
         # Imported here, not at the top: a build whose libraries cannot load (no driver, wrong CUDA) must turn into
@@ -91,6 +94,8 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
     except (OSError, ImportError, RuntimeError) as exc:
         raise BackendUnusable(f"llama.cpp did not load: {exc}") from exc
     threads = options.n_threads or physical_cores()
+    n_seq_max = max(1, options.n_seq_max)
+    failure: RunnerStartFailed | None = None
     with _captured_stderr() as load_log:
         llamacpp.C.llama_backend_init()
         devices = llamacpp.ggml_devices()
@@ -100,16 +105,29 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
                 f"this llama.cpp build sees no {options.backend} device (it lists: "
                 f"{', '.join(d.name for d in devices) or 'nothing'})"
             )
-        model = llamacpp.Model(options.model_path, options.n_gpu_layers if gpus else 0)
-        n_ctx = min(options.n_ctx, model.facts.n_ctx_train) if model.facts.n_ctx_train > 0 else options.n_ctx
-        context = llamacpp.Context(
-            model, n_ctx=n_ctx, n_batch=options.n_batch, n_threads=threads, n_seq_max=options.n_seq_max
-        )
+        # A failure is kept, not raised, until the log is complete: why it failed is in the log.
+        name = Path(options.model_path).name
+        doing = f"loading {name}"
+        try:
+            model = llamacpp.Model(
+                options.model_path, options.n_gpu_layers if gpus else 0, tensor_split=options.tensor_split
+            )
+            n_ctx = _total_context(options.n_ctx, n_seq_max, model.facts.n_ctx_train)
+            doing = f"creating a context of {n_ctx} tokens for {name}"
+            context = llamacpp.Context(
+                model, n_ctx=n_ctx, n_batch=options.n_batch, n_threads=threads, n_seq_max=n_seq_max
+            )
+        except ValueError as exc:
+            failure = RunnerStartFailed(f"bad load options while {doing}: {exc}")
+        except RunnerStartFailed as exc:
+            failure = exc
+    if failure is not None:
+        raise _explained(failure, load_log.getvalue(), doing) from failure
     report = parse_load_log(load_log.getvalue())
     facts = model.facts
     backend = options.backend if report.layers_on_gpu else "cpu"
     info = LoadedInfo(
-        n_ctx=context.n_ctx,
+        n_ctx=context.n_ctx_seq,
         n_ctx_train=facts.n_ctx_train,
         n_layer=facts.n_layer,
         n_embd=facts.n_embd,
@@ -122,8 +140,42 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         devices=tuple(d.name for d in devices),
         placement=report.to_json(),
         gpu_memory=process_gpu_memory(os.getpid()) if gpus else None,
+        n_seq_max=n_seq_max,
     )
     return Engine(model, context, emit, n_threads=threads), info
+
+
+def _total_context(n_ctx: int, n_seq_max: int, n_ctx_train: int) -> int:
+    """The n_ctx to create the context with: each sequence's share capped at what the model was trained on
+    (0 stays 0: llama.cpp's default, the trained context)."""
+    if n_ctx <= 0:
+        return n_ctx
+    per_sequence = max(1, n_ctx // n_seq_max)
+    if n_ctx_train > 0:
+        per_sequence = min(per_sequence, n_ctx_train)
+    return per_sequence * n_seq_max
+
+
+def _explained(failure: RunnerStartFailed, load_log: str, doing: str) -> RunnerStartFailed:
+    """OutOfMemory when the load log shows a failed allocation, else the failure as it was. `doing` is what failed
+    ("loading x.gguf")."""
+    found = parse_oom(load_log)
+    if found is not None:
+        device, requested = found
+        return OutOfMemory(
+            f"llama.cpp could not allocate {_size(requested)} on {device} (out of memory) while {doing}",
+            device=device,
+            requested=requested,
+        )
+    if allocation_failed(load_log):
+        return OutOfMemory(f"llama.cpp could not allocate a buffer (out of memory) while {doing}")
+    return failure
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 1 << 30:
+        return f"{n_bytes / (1 << 30):.1f} GiB"
+    return f"{n_bytes / (1 << 20):.1f} MiB"
 
 
 def serve(channel: SyncChannel) -> int:
@@ -139,6 +191,13 @@ def serve(channel: SyncChannel) -> int:
         log.error("backend unusable: %s", exc.message)
         channel.send({"op": "error", "code": exc.code, "message": exc.message})
         return EXIT_UNUSABLE
+    except OutOfMemory as exc:
+        # Exit 1, not 78: the backend works and a smaller plan on it may fit.
+        log.error("out of memory: %s", exc.message)
+        channel.send(
+            {"op": "error", "code": exc.code, "message": exc.message, "device": exc.device, "requested": exc.requested}
+        )
+        return EXIT_LOAD_FAILED
     except OffloadError as exc:
         channel.send({"op": "error", "code": exc.code, "message": exc.message})
         return EXIT_LOAD_FAILED

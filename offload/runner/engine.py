@@ -2,7 +2,8 @@
 
 One step = `schedule()` picks the work, `run()` calls llama.cpp, `postprocess()` turns tokens into chunks.
 This version serves one sequence at a time (the others wait in order); the batching engine replaces `schedule`
-and `run` with multi-sequence versions without changing the seams.
+and `run` with multi-sequence versions without changing the seams. A request's limit is the context's n_ctx_seq, the
+cells llama.cpp gives one sequence, not n_ctx, which is every sequence's together.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Engine:
         """Prefill one chunk of the prompt, or decode the last sampled token; returns a new token when one is due."""
         ctx = self.context
         if seq.next_token is not None:
-            if seq.n_cached + 1 >= ctx.n_ctx:
+            if seq.n_cached + 1 >= ctx.n_ctx_seq:
                 self.finish(seq, "length")
                 return None
             seq.tokens.append(seq.next_token)
@@ -166,12 +167,12 @@ class Engine:
 
     def _start(self, request_id: str, request: GenerateRequest) -> Sequence:
         tokens = list(request.context) + self.model.tokenize(request.prompt, add_special=not request.context)
-        n_ctx = self.context.n_ctx
+        n_ctx_seq = self.context.n_ctx_seq
         if not tokens:
             raise ContextLengthExceeded("the prompt is empty after tokenization")
-        if len(tokens) >= n_ctx:
+        if len(tokens) >= n_ctx_seq:
             raise ContextLengthExceeded(
-                f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}; "
+                f"the prompt has {len(tokens)} tokens but the context holds {n_ctx_seq} per request; "
                 "shorten it or raise num_ctx", param="messages"
             )
         seed = request.sampling.seed if request.sampling.seed is not None else random.getrandbits(32)
@@ -201,7 +202,7 @@ class Engine:
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         embedder = self._embedding_context()
-        n_ctx = embedder.n_ctx
+        n_ctx = embedder.n_ctx_seq
         vectors: list[tuple[float, ...]] = []
         total = 0
         for text in request.inputs:
@@ -221,7 +222,7 @@ class Engine:
 
     def _embedding_context(self) -> Context:
         if self._embedder is None:
-            n_ctx = min(self.context.n_ctx, _EMBED_CTX_MAX)
+            n_ctx = min(self.context.n_ctx_seq, _EMBED_CTX_MAX)  # one request's context, as for generation
             # The whole input must fit in one micro-batch for pooling, hence n_batch = n_ctx.
             def make(pooling: int) -> Context:
                 return Context(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.util
+import math
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,10 +150,18 @@ class ModelFacts:
 class Model:
     """A loaded GGUF: weights and vocabulary, shared by the contexts made from it."""
 
-    def __init__(self, path: str, n_gpu_layers: int) -> None:
+    def __init__(self, path: str, n_gpu_layers: int, *, tensor_split: Sequence[float] = ()) -> None:
+        """Load `path` with `n_gpu_layers` layers offloaded. `tensor_split` is the fraction of the offloaded model for
+        each GPU, in llama.cpp's device order (empty: llama.cpp splits by free memory); ValueError when it has more
+        entries than this build supports (llama_max_devices()) or an entry is negative or not finite."""
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        # llama.cpp keeps only the pointer: the array must outlive the load, so the model holds it.
+        self._tensor_split: ctypes.Array[ctypes.c_float] | None = None
+        if tensor_split:
+            self._tensor_split = _device_fractions(tensor_split)
+            params.tensor_split = ctypes.cast(self._tensor_split, ctypes.POINTER(ctypes.c_float))
         handle = C.llama_model_load_from_file(path.encode(), params)
         if not handle:
             raise RunnerStartFailed(f"llama.cpp could not load {path}")
@@ -208,6 +218,17 @@ class Model:
             self.handle = None
 
 
+def _device_fractions(values: Sequence[float]) -> ctypes.Array[ctypes.c_float]:
+    """A float array of llama_max_devices() entries (what llama_model_params.tensor_split points to), zero-filled
+    after `values`."""
+    n_max = int(C.llama_max_devices())
+    if len(values) > n_max:
+        raise ValueError(f"tensor_split has {len(values)} entries; this llama.cpp build supports {n_max} devices")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"tensor_split entries must be finite and not negative: {list(values)}")
+    return (ctypes.c_float * n_max)(*values)
+
+
 def _attach_threadpool(context: Any, threadpool: int | None, threadpool_batch: int | None) -> None:
     function = C._lib.llama_attach_threadpool
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -246,7 +267,10 @@ class Context:
         self.threadpool = Threadpool(n_threads)
         _attach_threadpool(handle, self.threadpool.handle, self.threadpool.handle)
         self.model = model
-        self.n_ctx = int(C.llama_n_ctx(handle))
+        self.n_ctx = int(C.llama_n_ctx(handle))  # all sequences together
+        # What one sequence may hold: llama.cpp gives each of the n_seq_max sequences n_ctx / n_seq_max cells
+        # (the KV cache is not unified across sequences), so this, not n_ctx, bounds one request.
+        self.n_ctx_seq = int(C.llama_n_ctx_seq(handle))
         self.n_batch = n_batch
         self.memory = C.llama_get_memory(handle)
         self._batch = C.llama_batch_init(n_batch, 0, n_seq_max)

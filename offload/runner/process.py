@@ -23,7 +23,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from offload.errors import BackendUnusable, OffloadError, RunnerCrashed, RunnerStartFailed, from_code
+from offload.errors import (
+    BackendUnusable,
+    OffloadError,
+    OutOfMemory,
+    RunnerCrashed,
+    RunnerStartFailed,
+    from_code,
+)
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest, from_wire, to_wire
 from offload.runner.protocol import LoadedInfo, LoadOptions, Message, encode, read_message
 
@@ -32,6 +39,21 @@ _STDERR_TAIL = 40
 EXIT_BACKEND_UNUSABLE = 78  # the runner's exit code when its llama.cpp build cannot run the chosen backend
 _SIGNALS = {int(s) for s in signal.Signals}
 _STOP_GRACE = 5.0
+_REPLY_AFTER_EXIT = 5.0  # s; only a child of the runner still holding its socket could make the read wait at all
+
+
+def load_error(message: Message) -> OffloadError:
+    """The exception for the runner's {"op":"error"} reply to `load`. An out_of_memory reply becomes OutOfMemory with
+    its "device" and "requested"; a field that is missing or of the wrong type is None."""
+    code, text = str(message.get("code")), str(message.get("message"))
+    if code != OutOfMemory.code:
+        return from_code(code, text)
+    device, requested = message.get("device"), message.get("requested")
+    return OutOfMemory(
+        text,
+        device=device if isinstance(device, str) else None,
+        requested=requested if isinstance(requested, int) and not isinstance(requested, bool) else None,
+    )
 
 
 class State(enum.Enum):
@@ -111,10 +133,14 @@ class RunnerProcess:
         read = asyncio.ensure_future(read_message(self._reader))
         exited = asyncio.ensure_future(self._exited.wait())
         await asyncio.wait({read, exited}, return_when=asyncio.FIRST_COMPLETED)
-        message = read.result() if read.done() else None
         exited.cancel()
+        # A runner writes its reply before it exits, and the socket's last open end is its own: once it is gone,
+        # the read ends at once, with that reply (an out_of_memory error, say) or at the end of the stream.
+        try:
+            message = await asyncio.wait_for(read, _REPLY_AFTER_EXIT)
+        except TimeoutError:
+            message = None
         if message is None:
-            read.cancel()
             await self._exited.wait()
             code = self._proc.returncode if self._proc is not None else None
             if code is not None and (code < 0 or code == EXIT_BACKEND_UNUSABLE):
@@ -124,7 +150,7 @@ class RunnerProcess:
                 raise BackendUnusable(self._death_note("crashed while loading its backend"))
             raise RunnerStartFailed(self._death_note("exited while loading"))
         if message["op"] == "error":
-            raise from_code(str(message.get("code")), str(message.get("message")))
+            raise load_error(message)
         if message["op"] != "loaded":
             raise RunnerStartFailed(f"runner sent {message['op']!r} instead of loaded")
         return from_wire(LoadedInfo, message["info"])

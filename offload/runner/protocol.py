@@ -11,6 +11,8 @@ Server -> runner                                  Runner -> server
   {"op":"cancel", "id"}                             (the request ends with a chunk done_reason="cancel")
   {"op":"shutdown"}                                 (the runner exits 0)
 Any request may instead end with {"op":"error", "id", "code", "message"}; `code` is an errors.py code.
+The error reply to `load` with code "out_of_memory" also carries "device" (llama.cpp's name, "CUDA0") and
+"requested" (bytes), each null where llama.cpp's log did not say; the runner then exits 1, as for any load failure.
 A runner that dies simply closes the socket: the server turns that into RunnerCrashed for every open request.
 """
 
@@ -42,13 +44,16 @@ class LoadOptions:
     n_batch: int = 512
     n_threads: int = 0  # 0: the runner decides
     n_gpu_layers: int = 0
+    # Sequences decoded in parallel. n_ctx is all of them together: each gets n_ctx / n_seq_max.
     n_seq_max: int = 1
     backend: str = "cpu"  # what the server chose; the runner exits 78 if its llama.cpp build cannot do it
+    # Fraction of the offloaded model per GPU, in llama.cpp's device order; empty: llama.cpp's own split.
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedInfo:
-    n_ctx: int
+    n_ctx: int  # per sequence: the context one request can use
     n_ctx_train: int
     n_layer: int
     n_embd: int
@@ -61,6 +66,7 @@ class LoadedInfo:
     devices: tuple[str, ...] = ()
     placement: dict[str, Any] | None = None  # placement.LoadReport.to_json(): layers and buffers per device
     gpu_memory: int | None = None  # this process's GPU memory from NVML, bytes, where NVML is available
+    n_seq_max: int = 1  # sequences the context holds (parallel requests), each with n_ctx
 
 
 def encode(message: Message) -> bytes:

@@ -7,7 +7,14 @@ import re
 import pytest
 
 from offload import errors
-from offload.errors import ModelNotFound, OffloadError, from_code
+from offload.errors import (
+    BackendUnusable,
+    ModelNotFound,
+    OffloadError,
+    OutOfMemory,
+    RunnerStartFailed,
+    from_code,
+)
 
 
 def all_errors() -> list[type[OffloadError]]:
@@ -76,3 +83,20 @@ def test_docstring_tree_matches_the_classes() -> None:
     documented = set(re.findall(r"(\w+)\s+(\d{3}) (\w+)$", errors.__doc__, flags=re.MULTILINE))
     actual = {(cls.__name__, str(cls.status), cls.code) for cls in ERRORS}
     assert documented == actual
+
+
+def test_out_of_memory_carries_device_and_size() -> None:
+    error = OutOfMemory("no room", device="CUDA0", requested=4617387008)
+    assert (error.message, error.device, error.requested) == ("no room", "CUDA0", 4617387008)
+    assert (error.status, error.code) == (500, "out_of_memory")
+    # A failed start, so whoever handles those handles this; not BackendUnusable, whose handler tries another backend.
+    assert isinstance(error, RunnerStartFailed)
+    assert not isinstance(error, BackendUnusable)
+
+
+def test_out_of_memory_from_code_has_no_numbers() -> None:
+    # from_code carries the message only; the attributes still exist, as None.
+    error = from_code("out_of_memory", "no room")
+    assert isinstance(error, OutOfMemory)
+    assert (error.device, error.requested) == (None, None)
+    assert OutOfMemory("no room").device is None

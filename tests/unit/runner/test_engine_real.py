@@ -34,6 +34,7 @@ class Loaded:
     context: Context
     threads: int
     small: Context  # n_ctx 256, for overflow
+    shared: Context  # n_ctx 512 for two sequences: 256 each
 
 
 @dataclass
@@ -67,7 +68,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     model = Model(str(path), 0)
     context = Context(model, n_ctx=512, n_batch=128, n_threads=threads)
     small = Context(model, n_ctx=256, n_batch=128, n_threads=threads)
-    yield Loaded(model, context, threads, small)
+    shared = Context(model, n_ctx=512, n_batch=128, n_threads=threads, n_seq_max=2)
+    yield Loaded(model, context, threads, small, shared)
+    shared.close()
     small.close()
     context.close()
     model.close()
@@ -266,3 +269,37 @@ def test_control_token_named_as_stop_ends_generation(loaded: Loaded) -> None:
     assert run.final("r")["done_reason"] == "stop"
     assert run.text("r") == ""
     assert not engine.has_work()
+
+
+# ---- a context shared by parallel sequences: one request gets n_ctx_seq, not n_ctx ---------------------------------
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # raw text that greedy decoding keeps continuing
+
+
+def test_shared_context_gives_each_sequence_its_share(loaded: Loaded) -> None:
+    assert (loaded.shared.n_ctx, loaded.shared.n_ctx_seq) == (512, 256)
+    assert (loaded.context.n_ctx, loaded.context.n_ctx_seq) == (512, 512)
+
+
+def test_prompt_longer_than_one_sequence_is_an_error(loaded: Loaded) -> None:
+    # Fits n_ctx (512) but not one sequence's share (256): llama.cpp could not hold it in sequence 0.
+    run = Run()
+    engine = Engine(loaded.model, loaded.shared, run, n_threads=loaded.threads)
+    prompt = "the sea is wide and deep " * 50
+    assert 256 < len(loaded.model.tokenize(prompt)) < 512
+    engine.submit("long", GenerateRequest(model="m", prompt=prompt, sampling=GREEDY, num_predict=4))
+    drain(engine)
+    (error,) = run.of("long")
+    assert error["code"] == "context_length_exceeded"
+    assert "holds 256 per request" in error["message"]
+
+
+def test_generation_stops_at_one_sequences_share(loaded: Loaded) -> None:
+    # With the limit at n_ctx (512), decoding would run past the 256 cells of sequence 0 and fail instead.
+    run = Run()
+    engine = Engine(loaded.model, loaded.shared, run, n_threads=loaded.threads)
+    engine.submit("r", GenerateRequest(model="m", prompt=COUNTING, sampling=GREEDY))
+    drain(engine)
+    assert [m["op"] for m in run.of("r")].count("error") == 0, run.of("r")
+    final = run.final("r")
+    assert final["done_reason"] == "length"
+    assert final["prompt_eval_count"] + final["eval_count"] == 256

@@ -281,6 +281,14 @@ WIRE_CASES: list[Any] = [
     EmbedRequest(model="m", inputs=("a", "b"), truncate=False, num_ctx=512),
     EmbedResult(embeddings=((0.5, -1.0), (0.25, 2.0)), prompt_eval_count=4),
     LoadOptions(model_path="/tmp/x.gguf", n_ctx=4096, n_batch=256, n_threads=4, n_gpu_layers=0),  # noqa: S108
+    LoadOptions(
+        model_path="/tmp/x.gguf",  # noqa: S108
+        n_ctx=16384,
+        n_gpu_layers=99,
+        n_seq_max=4,
+        backend="cuda",
+        tensor_split=(0.75, 0.25),
+    ),
     LoadedInfo(
         n_ctx=4096,
         n_ctx_train=32768,
@@ -293,6 +301,7 @@ WIRE_CASES: list[Any] = [
         layers_on_gpu=0,
         backend="cpu",
         devices=("cpu",),
+        n_seq_max=4,
     ),
 ]
 
@@ -317,3 +326,15 @@ def test_wire_round_trip_through_the_socket() -> None:
 def test_from_wire_drops_unknown_keys() -> None:
     data = {**to_wire(Chunk(text="x", done=True)), "from_a_newer_runner": 1}
     assert from_wire(Chunk, data) == Chunk(text="x", done=True)
+
+
+def test_tensor_split_comes_back_a_tuple_of_floats() -> None:
+    # JSON has lists, not tuples: from_wire must rebuild the tuple, or the frozen options would not compare or hash.
+    options = LoadOptions(model_path="m.gguf", n_ctx=8192, tensor_split=(0.6, 0.4))
+    data = json.loads(json.dumps(to_wire(options)))
+    assert data["tensor_split"] == [0.6, 0.4]
+    back = from_wire(LoadOptions, data)
+    assert back.tensor_split == (0.6, 0.4)
+    assert type(back.tensor_split) is tuple
+    assert hash(back) == hash(options)
+    assert from_wire(LoadOptions, {"model_path": "m.gguf", "n_ctx": 1}).tensor_split == ()
