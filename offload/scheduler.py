@@ -1,8 +1,23 @@
-"""Which runner serves a model: load on first use, keep it for keep_alive, reload it when it died.
+"""Which runner serves a model: load on demand, share, queue, evict, reload, keep for keep_alive.
 
-Policy is small here and pure where it decides (`wanted_context`, `expired`); effects (spawning runners) go
-through `runner_factory` so tests inject fake runners. Memory budgets, eviction and queue limits belong to the
-planner/scheduler work that builds on this.
+Contract, for every request (`_acquire` ... `_release`):
+- Admission: at most `max_queue + num_parallel` requests per model are in flight; past that, ServerBusy (503
+  with Retry-After) at once.
+- A loaded runner serves the request when it is alive, holds the same file, has at least the context asked
+  for (per sequence) and the same forced num_gpu. Otherwise it is reloaded: at once when idle; when busy it is
+  marked draining (no new request joins it) and swapped when its last request ends. Requests waiting for that
+  hold nothing, so the runner always drains: no deadlock (Ollama #14407, #17408).
+- A model that is not loaded is planned against the machine as if offload held nothing (the memory planner),
+  then `eviction.make_room` picks idle models to unload, least recently used first, until the plan fits in what
+  offload may use and the model count stays under max_loaded_models. A model serving a request is never
+  unloaded; when only such models are in the way, the request waits until one goes idle.
+- One load at a time (with the unloads it needs): memory is only measured once a runner has loaded, so two
+  loads planned together could both count the same free bytes.
+- A load that fails out of memory is retried once, planned against fresh free memory with the failing device
+  shrunk by the allocation that failed; then the error is reported with both attempts' numbers.
+
+State lives in `_loaded` and is changed only under `_cond`; runners are started and closed outside it.
+Effects go through `runner_factory`, `plan_factory` and `snapshot_factory`, so tests inject fakes.
 """
 
 from __future__ import annotations
@@ -10,132 +25,97 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from offload.backend_plan import BackendPlan, Candidate, gpu_layers_for, plan_for
 from offload.config import Settings
 from offload.durations import parse_keep_alive
-from offload.errors import BackendUnusable
+from offload.errors import BackendUnusable, OutOfMemory, PlanRefused, ServerBusy
+from offload.eviction import make_room
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
+from offload.loaded import Loaded, Runner, RunningModel, expired, measured_usage, running_model, wanted_context
 from offload.models.gguf import read_gguf
 from offload.models.store import StoredModel
+from offload.planner import (
+    CPU,
+    GPU_OVERHEAD,
+    DeviceBudget,
+    budgets_from,
+    compare,
+    gpu_total,
+    model_memory,
+    shrink_after_oom,
+    usage_of,
+)
 from offload.planner import Plan as MemoryPlan
-from offload.planner import budgets_from, compare, model_memory
 from offload.planner import plan as plan_memory
 from offload.runner.placement import is_gpu_device
 from offload.runner.process import RunnerProcess
 from offload.runner.protocol import LoadedInfo, LoadOptions
 
+if TYPE_CHECKING:
+    from offload.hardware.devices import HardwareSnapshot
+
+__all__ = ["Runner", "RunningModel", "Scheduler", "expired", "wanted_context"]
+
 log = logging.getLogger("offload.scheduler")
 _REAP_INTERVAL = 1.0
 MIN_AUTO_CTX = 2048  # on "auto" the planner may shrink the context to this before it moves layers off the GPU
-_FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
-
-
-class Runner(Protocol):
-    info: LoadedInfo | None
-
-    async def start(self, timeout: float) -> LoadedInfo: ...
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]: ...
-    async def embed(self, request: EmbedRequest) -> EmbedResult: ...
-    async def tokenize(self, text: str) -> list[int]: ...
-    def has_exited(self) -> bool: ...
-    async def close(self) -> None: ...
-
+MODELS_PER_DEVICE = 3  # max_loaded_models 0: this many per GPU, or on the CPU
+HEADROOM = 512 * 2**20  # kept free on every device (the planner's default)
+RETRY_AFTER_S = 2  # what a 503 tells the client to wait
 
 RunnerFactory = Callable[[LoadOptions, str, Path | None], Runner]
 PlanFactory = Callable[[Settings], BackendPlan]
+SnapshotFactory = Callable[[], "HardwareSnapshot"]
 
 
 def _spawn(options: LoadOptions, name: str, library_path: Path | None) -> Runner:
     return RunnerProcess(options, name=name, library_path=library_path)
 
 
+def _probe() -> HardwareSnapshot:
+    from offload.hardware.probe import snapshot
+
+    return snapshot()
+
+
 @dataclass(frozen=True, slots=True)
-class RunningModel:
-    name: str
-    model_digest: str
-    size: int
-    size_vram: int
-    expires_at: datetime
-    context_length: int
-    placement: dict[str, Any]
+class _Target:
+    """What a load of one model will take, decided before any memory is freed for it."""
 
-
-@dataclass
-class _Loaded:
-    model: StoredModel
-    runner: Runner
-    info: LoadedInfo
-    keep_alive: float
-    n_ctx: int  # as requested; llama.cpp may round the context it allocates
-    num_gpu: int | None = None  # as requested (None: the server's setting)
-    fallbacks: tuple[str, ...] = ()  # "cuda: <why it could not run>" for each backend skipped on the way
-    warning: str | None = None  # said loudly when GPU layers were asked for and none landed
-    active: int = 0
-    idle_since: float = field(default_factory=time.monotonic)
-
-    def expires_at(self) -> datetime:
-        if self.active or math.isinf(self.keep_alive):
-            return _FAR_FUTURE
-        remaining = self.keep_alive - (time.monotonic() - self.idle_since)
-        return datetime.now(UTC) + timedelta(seconds=max(0.0, remaining))
-
-
-def running_model(name: str, entry: _Loaded) -> RunningModel:
-    """What /api/ps shows of a loaded model: sizes from the runner's load report, not from estimates."""
-    info = entry.info
-    report = info.placement or {}
-    devices = report.get("devices", [])
-    total = sum(sum(d["buffers"].values()) for d in devices) or info.model_size
-    on_gpu = sum(sum(d["buffers"].values()) for d in devices if is_gpu_device(str(d["name"])))
-    return RunningModel(
-        name=name,
-        model_digest=entry.model.model_digest,
-        size=total,
-        size_vram=on_gpu,
-        expires_at=entry.expires_at(),
-        context_length=info.n_ctx,
-        placement={
-            "backend": info.backend,
-            "layers_on_gpu": info.layers_on_gpu,
-            "layers_total": report.get("layers_total") or info.n_layer + 1,
-            "devices": devices,
-            "verified": bool(report.get("verified")),
-            "gpu_memory": info.gpu_memory,
-            "fallbacks": list(entry.fallbacks),
-            "warning": entry.warning,
-        },
-    )
-
-
-def wanted_context(requested: int | None, default: int, trained: int | None) -> int:
-    """The context to load with: what was asked, else the default; never beyond what the model was trained for."""
-    n_ctx = requested if requested and requested > 0 else default
-    return min(n_ctx, trained) if trained else n_ctx
-
-
-def expired(entry_active: int, keep_alive: float, idle_for: float) -> bool:
-    return entry_active == 0 and not math.isinf(keep_alive) and idle_for >= keep_alive
+    n_ctx: int  # per sequence, as requested
+    ctx_forced: bool  # the request named it: the planner moves layers rather than shrink it
+    plan: MemoryPlan | None  # the planner's layers and context ("auto" layers on a GPU backend); None otherwise
+    need: Mapping[str, int]  # bytes per device; empty when the machine is unknown (only the model count limits)
 
 
 class Scheduler:
     def __init__(
-        self, settings: Settings, runner_factory: RunnerFactory = _spawn, plan_factory: PlanFactory = plan_for
+        self,
+        settings: Settings,
+        runner_factory: RunnerFactory = _spawn,
+        plan_factory: PlanFactory = plan_for,
+        snapshot_factory: SnapshotFactory = _probe,
     ) -> None:
         self.settings = settings
         self._factory = runner_factory
         self._plan_factory = plan_factory
+        self._snapshot = snapshot_factory
         self._plan: BackendPlan | None = None
-        self._loaded: dict[str, _Loaded] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._loaded: dict[str, Loaded] = {}
+        self._cond = asyncio.Condition()
+        self._loading = False  # a load (and the unloads it needs) is under way
+        self._in_flight: dict[str, int] = {}
+        self._gpu_overhead: dict[str, int] = {}  # per backend, measured from NVML once a runner loaded
+        self._budget: dict[str, int] = {}  # bytes offload may use per device with none of its models loaded
         self._default_keep_alive = parse_keep_alive(settings.keep_alive, param="OFFLOAD_KEEP_ALIVE") or 0.0
         self._reaper: asyncio.Task[None] | None = None
 
@@ -144,6 +124,7 @@ class Scheduler:
         a variant that breaks later is met by a runner exit and a fallback, not by a silently different plan."""
         if self._plan is None:
             self._plan = self._plan_factory(self.settings)
+            self._budget = self._budget_from(self._plan.machine)
         return self._plan
 
     # ---- what the API calls --------------------------------------------------------------------------------
@@ -175,15 +156,17 @@ class Scheduler:
         await self._release(entry)
         return load_ns
 
-    async def unload(self, name: str, *, only_if_idle: bool = False, only: _Loaded | None = None) -> bool:
+    async def unload(self, name: str, *, only_if_idle: bool = False, only: Loaded | None = None) -> bool:
         """Stop the runner serving `name`; with `only`, just when that very entry is still the one loaded."""
-        async with self._lock(name):
+        async with self._cond:
             entry = self._loaded.get(name)
             if entry is None or (only_if_idle and entry.active) or (only is not None and entry is not only):
                 return False
             del self._loaded[name]
         await entry.runner.close()
         log.info("unloaded %s", name)
+        async with self._cond:
+            self._cond.notify_all()
         return True
 
     def running(self) -> list[RunningModel]:
@@ -198,104 +181,355 @@ class Scheduler:
         self._loaded.clear()
         await asyncio.gather(*(entry.runner.close() for entry in entries), return_exceptions=True)
 
-    # ---- internals -----------------------------------------------------------------------------------------
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    # ---- admission and placement ---------------------------------------------------------------------------
+    def max_loaded(self) -> int:
+        if self.settings.max_loaded_models:
+            return self.settings.max_loaded_models
+        gpus = sum(1 for device in self._budget if device != CPU)
+        return MODELS_PER_DEVICE * max(1, gpus)
+
+    def _admit(self, name: str) -> None:
+        in_flight = self._in_flight.get(name, 0)
+        limit = self.settings.max_queue + self.settings.num_parallel
+        if in_flight >= limit:
+            raise ServerBusy(
+                f"{name} has {in_flight} requests in flight ({self.settings.num_parallel} served at once, "
+                f"{self.settings.max_queue} may wait: OFFLOAD_MAX_QUEUE); retry later",
+                retry_after=RETRY_AFTER_S,
+            )
+        self._in_flight[name] = in_flight + 1
+
+    def _leave(self, name: str) -> None:
+        left = self._in_flight.get(name, 1) - 1
+        if left > 0:
+            self._in_flight[name] = left
+        else:
+            self._in_flight.pop(name, None)
 
     async def _acquire(
         self, model: StoredModel, num_ctx: int | None, keep_alive: float | None, num_gpu: int | None = None
-    ) -> tuple[_Loaded, int]:
+    ) -> tuple[Loaded, int]:
         """A ready runner for `model`, counted as busy until `_release`; also the load time if one was started."""
         self._ensure_reaper()
         name = model.name.display
-        async with self._lock(name):
-            entry = self._loaded.get(name)
-            n_ctx = wanted_context(num_ctx, self.settings.num_ctx, entry.info.n_ctx_train if entry else None)
-            if entry is not None and self._must_reload(entry, model, n_ctx, num_gpu):
-                self._loaded.pop(name)
-                await entry.runner.close()
-                entry = None
-            load_ns = 0
-            if entry is None:
-                started = time.perf_counter_ns()
-                entry = await self._start(model, n_ctx, num_gpu)
-                load_ns = time.perf_counter_ns() - started
-                self._loaded[name] = entry
-            if keep_alive is not None:
-                entry.keep_alive = math.inf if keep_alive < 0 else keep_alive
-            entry.active += 1
-            return entry, load_ns
+        self._admit(name)
+        try:
+            entry, load_ns = await self._place(model, name, num_ctx, num_gpu)
+        except BaseException:
+            self._leave(name)
+            raise
+        if keep_alive is not None:
+            entry.keep_alive = math.inf if keep_alive < 0 else keep_alive
+        return entry, load_ns
 
-    def _must_reload(self, entry: _Loaded, model: StoredModel, n_ctx: int, num_gpu: int | None) -> bool:
-        if entry.runner.has_exited():
-            log.warning("runner for %s had exited; starting a new one", model.name)
-            return True
-        # A new file under the same name, or a different context size: only an idle runner is swapped; a busy
-        # one keeps serving until its requests are done.
-        if entry.active:
-            return False
+    def _serves(self, entry: Loaded, model: StoredModel, n_ctx: int, num_gpu: int | None) -> bool:
         changed_gpu = num_gpu is not None and num_gpu != entry.num_gpu
-        return entry.model.model_digest != model.model_digest or entry.n_ctx != n_ctx or changed_gpu
+        return (
+            not entry.draining
+            and entry.model.model_digest == model.model_digest
+            and entry.n_ctx >= n_ctx
+            and not changed_gpu
+        )
 
-    async def _start(self, model: StoredModel, n_ctx: int, num_gpu: int | None) -> _Loaded:
+    async def _place(
+        self, model: StoredModel, name: str, num_ctx: int | None, num_gpu: int | None
+    ) -> tuple[Loaded, int]:
+        target: _Target | None = None
+        waiting_said = False
+        while True:
+            async with self._cond:
+                entry = self._loaded.get(name)
+                if entry is not None and entry.runner.has_exited():
+                    log.warning("runner for %s had exited; starting a new one", name)
+                    del self._loaded[name]
+                    self._close_later(entry)
+                    entry = None
+                n_ctx = wanted_context(num_ctx, self.settings.num_ctx, entry.info.n_ctx_train if entry else None)
+                if entry is not None:
+                    if self._serves(entry, model, n_ctx, num_gpu):
+                        entry.active += 1
+                        return entry, 0
+                    if entry.active:  # swap it once its requests are done; nobody new joins it meanwhile
+                        entry.draining = True
+                        await self._cond.wait()
+                        continue
+                if self._loading:
+                    await self._cond.wait()
+                    continue
+                if target is not None and target.n_ctx == n_ctx:
+                    others = [e.resident(n) for n, e in self._loaded.items() if n != name]
+                    decision = make_room(target.need, self._budget, others, self.max_loaded())
+                    if decision.wait:
+                        if not waiting_said:
+                            log.info("%s waits for memory: %s", name, decision.reason)
+                            waiting_said = True
+                        await self._cond.wait()
+                        continue
+                    evicted = [(n, self._loaded.pop(n)) for n in decision.evict]
+                    if entry is not None:
+                        evicted.append((name, self._loaded.pop(name)))  # the idle runner being replaced
+                    self._loading = True
+                    if decision.evict or not decision.fits:
+                        log.info("placing %s: %s", name, decision.reason)
+                    break
+            # Reading the GGUF and planning block: done outside the lock, then the decision is taken again.
+            target = await asyncio.to_thread(self._target, model, n_ctx, num_gpu, bool(num_ctx))
+        try:
+            for evicted_name, old in evicted:
+                await old.runner.close()
+                log.info("unloaded %s to make room for %s", evicted_name, name)
+            started = time.perf_counter_ns()
+            entry = await self._start(model, target, num_gpu)
+            load_ns = time.perf_counter_ns() - started
+        except BaseException:
+            async with self._cond:
+                self._loading = False
+                self._cond.notify_all()
+            raise
+        async with self._cond:
+            self._loading = False
+            entry.active += 1
+            self._loaded[name] = entry
+            self._cond.notify_all()
+        return entry, load_ns
+
+    def _close_later(self, entry: Loaded) -> None:
+        task = asyncio.get_running_loop().create_task(entry.runner.close())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _release(self, entry: Loaded) -> None:
+        self._leave(entry.model.name.display)
+        async with self._cond:
+            entry.active -= 1
+            entry.idle_since = time.monotonic()
+            self._cond.notify_all()
+        if entry.active == 0 and entry.keep_alive <= 0:
+            await self.unload(entry.model.name.display, only_if_idle=True, only=entry)
+
+    # ---- memory --------------------------------------------------------------------------------------------
+    def _primary(self) -> Candidate | None:
+        plan = self._plan
+        return plan.candidates[0] if plan is not None and plan.candidates else None
+
+    def _budgets(self, machine: HardwareSnapshot, backend: str) -> tuple[DeviceBudget, ...]:
+        if backend == "cpu":
+            return (DeviceBudget(CPU, machine.cpu.memory_available),)
+        limit = self.settings.gpu_memory_limit
+        return budgets_from(
+            machine,
+            backend,
+            limit=int(limit) if limit is not None else None,
+            overhead=self._gpu_overhead.get(backend, GPU_OVERHEAD.get(backend, 0)),
+        )
+
+    def _budget_from(self, machine: HardwareSnapshot | None) -> dict[str, int]:
+        primary = self._primary()
+        if machine is None or primary is None:
+            return {}
+        return {b.name: b.allowed(HEADROOM) for b in self._budgets(machine, primary.backend)}
+
+    def _target(self, model: StoredModel, n_ctx: int, num_gpu: int | None, ctx_forced: bool) -> _Target:
+        """Plan the load for the primary backend on the machine as if offload held nothing (blocking: reads
+        the GGUF). A context the request asked for is kept (layers move instead); the server's default may shrink.
+        PlanRefused when the model cannot fit even then."""
+        plan = self._plan if self._plan is not None else self.prepare()
+        primary = self._primary()
+        if plan.machine is None or primary is None:
+            return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need={})
+        memory_plan = self._fit(model, primary, plan.machine, n_ctx, num_gpu, ctx_forced=ctx_forced)
+        if memory_plan is not None:
+            need = {name: use.total for name, use in memory_plan.usage.items()}
+            return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=memory_plan, need=need)
+        layers = gpu_layers_for(primary.backend, num_gpu, self.settings.gpu_layers)
+        usage = usage_of(
+            model_memory(read_gguf(model.model_path)),
+            self._budgets(plan.machine, primary.backend),
+            n_gpu=layers,
+            n_ctx=n_ctx,
+            parallel=self.settings.num_parallel,
+            n_ubatch=self.settings.num_batch,
+        )
+        return _Target(
+            n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need={name: use.total for name, use in usage.items()}
+        )
+
+    def _fit(
+        self,
+        model: StoredModel,
+        candidate: Candidate,
+        machine: HardwareSnapshot,
+        n_ctx: int,
+        num_gpu: int | None,
+        budgets: tuple[DeviceBudget, ...] | None = None,
+        *,
+        ctx_forced: bool = False,
+    ) -> MemoryPlan | None:
+        """The memory planner's layers and context for a GPU backend left on "auto" (blocking: reads the GGUF).
+        None when the user fixed the layers, or for the CPU."""
+        if candidate.backend == "cpu" or num_gpu is not None or self.settings.gpu_layers != "auto":
+            return None
+        gguf = read_gguf(model.model_path)
+        return plan_memory(
+            model_memory(gguf),
+            budgets if budgets is not None else self._budgets(machine, candidate.backend),
+            n_ctx=n_ctx,
+            parallel=self.settings.num_parallel,
+            num_ctx_min=n_ctx if ctx_forced else min(MIN_AUTO_CTX, n_ctx),
+            num_ctx_max=gguf.context_length,
+            n_ubatch=self.settings.num_batch,
+            headroom=HEADROOM,
+        )
+
+    def _shrunk_plan(
+        self,
+        model: StoredModel,
+        candidate: Candidate,
+        failed: MemoryPlan,
+        error: OutOfMemory,
+        n_ctx: int,
+        ctx_forced: bool,
+    ) -> MemoryPlan:
+        """The retry after an out-of-memory load (blocking): planned against free memory measured now, shrunk by
+        the failed allocation where that memory was there (planner.shrink_after_oom). Raises PlanRefused."""
+        fresh = self._snapshot()
+        budgets = shrink_after_oom(self._budgets(fresh, candidate.backend), failed, error.device, error.requested)
+        # From now on offload may use at most what is free now plus what its own runners hold.
+        for budget in budgets:
+            if budget.name in self._budget:
+                held = sum(entry.usage.get(budget.name, 0) for entry in self._loaded.values())
+                now = dataclasses.replace(budget, limit=None).allowed(HEADROOM) + held
+                self._budget[budget.name] = min(self._budget[budget.name], now)
+        return self._fit(model, candidate, fresh, n_ctx, None, budgets, ctx_forced=ctx_forced) or failed
+
+    # ---- starting a runner ---------------------------------------------------------------------------------
+    async def _start(self, model: StoredModel, target: _Target, num_gpu: int | None) -> Loaded:
         """Try the plan's backends in order. A runner that exits 78 (backend unusable) is followed at once by the
         next candidate, loudly; a backend the user forced gets an error instead of a fallback."""
         plan = self._plan if self._plan is not None else await asyncio.to_thread(self.prepare)
         if not plan.candidates:
             raise BackendUnusable(f"no backend can load {model.name}: {plan.reason}")
         fallbacks: list[str] = []
-        for candidate in plan.candidates:
-            layers = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
-            memory_plan = await asyncio.to_thread(self._fit, model, candidate, plan, n_ctx, num_gpu)
-            load_ctx = n_ctx
-            if memory_plan is not None:
-                layers, load_ctx = memory_plan.n_gpu_layers, memory_plan.n_ctx
-                log.info("memory plan for %s on %s: %s", model.name, candidate.backend, memory_plan.reason)
-            options = LoadOptions(
-                model_path=str(model.model_path),
-                n_ctx=load_ctx,
-                n_batch=self.settings.num_batch,
-                n_threads=self.settings.num_threads,
-                n_gpu_layers=layers,
-                backend=candidate.backend,
-            )
-            runner = self._factory(options, model.name.display, candidate.library_path)
+        for index, candidate in enumerate(plan.candidates):
+            if index == 0:
+                memory_plan = target.plan
+            elif plan.machine is not None:
+                memory_plan = await asyncio.to_thread(
+                    functools.partial(
+                        self._fit, model, candidate, plan.machine, target.n_ctx, num_gpu, ctx_forced=target.ctx_forced
+                    )
+                )
+            else:
+                memory_plan = None
             try:
-                info = await runner.start(self.settings.runner_start_timeout)
+                return await self._start_on(model, candidate, memory_plan, target, num_gpu, fallbacks)
             except BackendUnusable as exc:
                 # A forced plan holds only the requested backend's variants: trying the next is not a fallback.
                 fallbacks.append(f"{candidate.backend}: {exc.message}")
                 log.warning("FALLBACK: backend %s cannot run %s: %s", candidate.backend, model.name, exc.message)
-                continue
-            if memory_plan is not None:
-                measured = {d["name"]: sum(d["buffers"].values()) for d in (info.placement or {}).get("devices", [])}
-                ratios = ", ".join(f"{name} {ratio:.3f}" for name, ratio in compare(memory_plan, measured).items())
-                log.info("memory measured/predicted for %s: %s", model.name, ratios or "n/a")
-            return self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks))
         tried = "; ".join(fallbacks)
         if plan.forced:
             requested = plan.candidates[0].backend
             raise BackendUnusable(f"backend {requested} was requested but cannot run {model.name}: {tried}")
         raise BackendUnusable(f"no backend could load {model.name}: {tried}")
 
-    def _fit(
-        self, model: StoredModel, candidate: Candidate, plan: BackendPlan, n_ctx: int, num_gpu: int | None
-    ) -> MemoryPlan | None:
-        """The memory planner's layers and context for a GPU backend left on "auto" (blocking: reads the GGUF).
-        None when the user fixed the layers, for the CPU, or when the plan has no hardware snapshot."""
-        if candidate.backend == "cpu" or num_gpu is not None or self.settings.gpu_layers != "auto":
-            return None
-        if plan.machine is None:
-            return None
-        gguf = read_gguf(model.model_path)
-        return plan_memory(
-            model_memory(gguf),
-            budgets_from(plan.machine, candidate.backend),
-            n_ctx=n_ctx,
-            num_ctx_min=min(MIN_AUTO_CTX, n_ctx),
-            num_ctx_max=gguf.context_length,
-            n_ubatch=self.settings.num_batch,
+    async def _start_on(
+        self,
+        model: StoredModel,
+        candidate: Candidate,
+        memory_plan: MemoryPlan | None,
+        target: _Target,
+        num_gpu: int | None,
+        fallbacks: list[str],
+    ) -> Loaded:
+        """Load on one backend; an out-of-memory load is retried once with a shrunk plan."""
+        n_ctx = target.n_ctx
+        try:
+            return await self._run(model, candidate, memory_plan, n_ctx, num_gpu, fallbacks)
+        except OutOfMemory as exc:
+            if memory_plan is None:  # the user fixed the layers: no smaller plan to try
+                raise
+            first = exc
+        log.warning("OUT OF MEMORY loading %s on %s: %s; retrying with a smaller plan", model.name,
+                    candidate.backend, first.message)
+        try:
+            smaller = await asyncio.to_thread(
+                self._shrunk_plan, model, candidate, memory_plan, first, n_ctx, target.ctx_forced
+            )
+        except PlanRefused as refused:
+            raise OutOfMemory(f"{first.message}; and no smaller plan fits: {refused.message}",
+                              device=first.device, requested=first.requested) from refused
+        log.info("retry plan for %s: %s (was %d layers, context %d)", model.name, smaller.reason,
+                 memory_plan.n_gpu_layers, memory_plan.n_ctx)
+        try:
+            return await self._run(model, candidate, smaller, n_ctx, num_gpu, fallbacks)
+        except OutOfMemory as second:
+            raise OutOfMemory(
+                f"{first.message}; retried with {smaller.n_gpu_layers} layers and context {smaller.n_ctx}: "
+                f"{second.message}",
+                device=second.device,
+                requested=second.requested,
+            ) from second
+
+    async def _run(
+        self,
+        model: StoredModel,
+        candidate: Candidate,
+        memory_plan: MemoryPlan | None,
+        n_ctx: int,
+        num_gpu: int | None,
+        fallbacks: list[str],
+    ) -> Loaded:
+        parallel = self.settings.num_parallel
+        layers = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
+        load_ctx = n_ctx
+        split: tuple[float, ...] = ()
+        if memory_plan is not None:
+            layers, load_ctx = memory_plan.n_gpu_layers, memory_plan.n_ctx
+            split = memory_plan.tensor_split if len(memory_plan.tensor_split) > 1 else ()
+            log.info("memory plan for %s on %s: %s", model.name, candidate.backend, memory_plan.reason)
+        options = LoadOptions(
+            model_path=str(model.model_path),
+            n_ctx=load_ctx * parallel,  # llama.cpp splits the context among the sequences
+            n_batch=self.settings.num_batch,
+            n_threads=self.settings.num_threads,
+            n_gpu_layers=layers,
+            n_seq_max=parallel,
+            backend=candidate.backend,
+            tensor_split=split,
         )
+        runner = self._factory(options, model.name.display, candidate.library_path)
+        info = await runner.start(self.settings.runner_start_timeout)
+        overhead = self._learn_overhead(candidate.backend, info)
+        if memory_plan is not None:
+            self._log_accuracy(model, memory_plan, info)
+        entry = self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks))
+        entry.usage = measured_usage(info, overhead)
+        return entry
+
+    def _learn_overhead(self, backend: str, info: LoadedInfo) -> int:
+        """A GPU runner's overhead beyond its buffers, from NVML: remembered per backend for later plans."""
+        default = self._gpu_overhead.get(backend, GPU_OVERHEAD.get(backend, 0))
+        devices = (info.placement or {}).get("devices", [])
+        gpu_buffers = [int(sum(d["buffers"].values())) for d in devices if is_gpu_device(str(d["name"]))]
+        used = [b for b in gpu_buffers if b]
+        if info.gpu_memory is None or len(used) != 1:
+            return default
+        measured = info.gpu_memory - used[0]
+        if 0 <= measured <= 8 * 2**30:
+            if backend not in self._gpu_overhead:
+                log.info("measured %s per-process overhead: %.0f MiB (planned with %.0f MiB)", backend,
+                         measured / 2**20, default / 2**20)
+            self._gpu_overhead[backend] = measured
+            return measured
+        return default
+
+    def _log_accuracy(self, model: StoredModel, memory_plan: MemoryPlan, info: LoadedInfo) -> None:
+        measured = {d["name"]: sum(d["buffers"].values()) for d in (info.placement or {}).get("devices", [])}
+        ratios = ", ".join(f"{name} {ratio:.3f}" for name, ratio in compare(memory_plan, measured).items())
+        nvml = ""
+        if info.gpu_memory is not None and gpu_total(memory_plan):
+            nvml = f"; GPU process memory (NVML) {info.gpu_memory / gpu_total(memory_plan):.3f}"
+        log.info("memory measured/predicted for %s: buffers %s%s", model.name, ratios or "n/a", nvml)
 
     def _loaded_entry(
         self,
@@ -306,39 +540,35 @@ class Scheduler:
         num_gpu: int | None,
         layers_asked: int,
         fallbacks: tuple[str, ...],
-    ) -> _Loaded:
+    ) -> Loaded:
         warning = None
         if layers_asked and info.layers_on_gpu == 0:
             warning = f"{layers_asked} GPU layers were asked for, but every layer runs on the CPU"
             log.error("GPU NOT USED for %s: %s (devices: %s)", model.name, warning, ", ".join(info.devices))
         devices = (info.placement or {}).get("devices", [])
         log.info(
-            "inference compute model=%s backend=%s layers_on_gpu=%d/%d devices=%s ctx=%d weights=%.1fMiB "
-            "gpu_memory=%s load=%.2fs%s",
+            "inference compute model=%s backend=%s layers_on_gpu=%d/%d devices=%s ctx=%d parallel=%d "
+            "weights=%.1fMiB gpu_memory=%s load=%.2fs%s",
             model.name, info.backend, info.layers_on_gpu, info.n_layer + 1,
             ",".join(f"{d['name']}:{d['layers']}" for d in devices),
-            info.n_ctx, info.model_size / 2**20,
+            info.n_ctx, self.settings.num_parallel, info.model_size / 2**20,
             f"{info.gpu_memory / 2**20:.0f}MiB" if info.gpu_memory is not None else "n/a",
             info.load_duration / 1e9, f" after fallback from {'; '.join(fallbacks)}" if fallbacks else "",
         )
         trained = info.n_ctx_train
-        return _Loaded(
+        return Loaded(
             model=model,
             runner=runner,
             info=info,
             keep_alive=self._default_keep_alive,
             n_ctx=min(n_ctx, trained) if trained else n_ctx,
+            usage={},
             num_gpu=num_gpu,
             fallbacks=fallbacks,
             warning=warning,
         )
 
-    async def _release(self, entry: _Loaded) -> None:
-        entry.active -= 1
-        entry.idle_since = time.monotonic()
-        if entry.active == 0 and entry.keep_alive <= 0:
-            await self.unload(entry.model.name.display, only_if_idle=True, only=entry)
-
+    # ---- keep_alive ----------------------------------------------------------------------------------------
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.create_task(self._reap(), name="offload-keepalive")

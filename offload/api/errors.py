@@ -53,7 +53,7 @@ def error_body(path: str, error: OffloadError) -> dict[str, Any]:
 
 
 def error_response(path: str, error: OffloadError) -> JSONResponse:
-    return JSONResponse(error_body(path, error), status_code=error.status)
+    return JSONResponse(error_body(path, error), status_code=error.status, headers=error.headers() or None)
 
 
 def internal_error() -> OffloadError:

@@ -16,6 +16,8 @@ from offload.planner.fit import (
     context_steps,
     gpu_total,
     plan,
+    shrink_after_oom,
+    usage_of,
 )
 from offload.planner.memory import (
     KV_BYTES_PER_ELEMENT,
@@ -52,4 +54,6 @@ __all__ = [
     "model_memory",
     "model_shape",
     "plan",
+    "shrink_after_oom",
+    "usage_of",
 ]

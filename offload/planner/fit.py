@@ -12,7 +12,7 @@ llama.cpp offloads the *last* n layers, so the output layer is the first to go t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -217,6 +217,36 @@ def _usage(
     return layers, usage
 
 
+def usage_of(
+    model: ModelMemory,
+    devices: Sequence[DeviceBudget],
+    *,
+    n_gpu: int,
+    n_ctx: int,
+    parallel: int = 1,
+    kv_type: str = "f16",
+    headroom: int = 512 * MIB,
+    flash_attn: bool = True,
+    n_ubatch: int = 512,
+) -> dict[str, DeviceUsage]:
+    """Expected bytes per device for a layout fixed by the caller (n_gpu layers, n_ctx per sequence), whether
+    or not it fits: what a load with a forced num_gpu will take. Devices as for `plan`."""
+    gpus = [d for d in devices if not d.is_cpu]
+    n_gpu = min(n_gpu, model.layers_total) if gpus else 0
+    _, usage = _usage(
+        model,
+        gpus,
+        _split(gpus, headroom),
+        n_gpu=n_gpu,
+        n_ctx=n_ctx,
+        parallel=parallel,
+        kv_type=kv_type,
+        flash_attn=flash_attn,
+        n_ubatch=n_ubatch,
+    )
+    return usage
+
+
 def _overflows(
     usage: Mapping[str, DeviceUsage], budgets: Sequence[DeviceBudget], headroom: int
 ) -> list[tuple[str, int, int]]:
@@ -324,6 +354,30 @@ def _reason(n_gpu: int, total: int, ctx: int, wanted: int, gpus: Sequence[Device
         where += " (the rest did not fit)"
     context = f"context {ctx}" + (f" (shrunk from {wanted} to fit)" if ctx < wanted else "")
     return f"{where}, {context}"
+
+
+UNKNOWN_OOM_SHRINK = 0.9  # an allocation failure whose size llama.cpp did not print: retry within 90% of the plan
+
+
+def shrink_after_oom(
+    budgets_now: Sequence[DeviceBudget], failed: Plan, device: str | None, requested: int | None
+) -> tuple[DeviceBudget, ...]:
+    """Budgets for the one retry after a load failed allocating `requested` bytes on `device` (llama.cpp's
+    names; None where its log did not say), given budgets measured after the failure.
+
+    When the device now has less room than the plan used, the fresh measurement explains the failure (another
+    process took memory) and is kept as it is. When the room is there, the plan underestimated: the device is
+    capped at the failed plan's bytes less the failed allocation, so the retry plan is smaller by at least the
+    error. An unknown device applies that to every GPU of the plan."""
+    out = []
+    for budget in budgets_now:
+        planned = failed.usage[budget.name].total if budget.name in failed.usage else 0
+        hit = device == budget.name or (device is None and not budget.is_cpu)
+        if hit and planned and budget.allowed(failed.headroom) >= planned:
+            cap = planned - requested if requested else int(planned * UNKNOWN_OOM_SHRINK)
+            budget = replace(budget, limit=max(0, cap if budget.limit is None else min(budget.limit, cap)))
+        out.append(budget)
+    return tuple(out)
 
 
 def compare(plan: Plan, measured: Mapping[str, int]) -> dict[str, float]:

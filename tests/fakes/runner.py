@@ -45,6 +45,12 @@ class FakeRunner:
     model_size: int = 123_456
     start_delay: float = 0.001
     fail_start: OffloadError | None = None
+    # Decides per load (by its options) whether the start fails, e.g. out of memory above some layer count.
+    fail_start_if: Callable[[LoadOptions], OffloadError | None] | None = None
+    # With a GPU backend and n_gpu_layers > 0 the load report puts those layers on this device (weights there),
+    # and NVML's number for the process is gpu_memory; None: every layer on the CPU, as a CPU-only build does.
+    gpu_device: str | None = None
+    gpu_memory: int | None = None
     # Raised after the first chunk of every generation (a runner dying mid-stream).
     fail_mid_stream: OffloadError | None = None
     # When set, every generation waits on it after its first chunk: the runner stays busy until the test says so.
@@ -59,10 +65,20 @@ class FakeRunner:
     async def start(self, timeout: float) -> LoadedInfo:
         self.starts += 1
         await asyncio.sleep(self.start_delay)
-        if self.fail_start is not None:
+        failure = self.fail_start or (self.fail_start_if(self.options) if self.fail_start_if else None)
+        if failure is not None:
             self.exited = True
-            raise self.fail_start
+            raise failure
         n_ctx = min(self.options.n_ctx, self.n_ctx_train) if self.n_ctx_train else self.options.n_ctx
+        layers_total = self.n_layer + 1
+        on_gpu = 0
+        report = LoadReport(layers={"CPU": layers_total}, buffers={"CPU": {"model": self.model_size}})
+        if self.gpu_device and self.options.backend != "cpu" and self.options.n_gpu_layers > 0:
+            on_gpu = min(self.options.n_gpu_layers, layers_total)
+            report = LoadReport(
+                layers={self.gpu_device: on_gpu, "CPU": layers_total - on_gpu},
+                buffers={self.gpu_device: {"model": self.model_size}, "CPU": {"model": 1000}},
+            )
         self.info = LoadedInfo(
             n_ctx=n_ctx,
             n_ctx_train=self.n_ctx_train,
@@ -71,14 +87,12 @@ class FakeRunner:
             n_vocab=100,
             model_size=self.model_size,
             load_duration=1_000,
-            supports_gpu_offload=False,
-            layers_on_gpu=0,
-            backend="cpu",
-            devices=("CPU",),
-            # What the real runner reads from llama.cpp's load report: every layer on the CPU.
-            placement=LoadReport(
-                layers={"CPU": self.n_layer + 1}, buffers={"CPU": {"model": self.model_size}}
-            ).to_json(),
+            supports_gpu_offload=on_gpu > 0,
+            layers_on_gpu=on_gpu,
+            backend=self.options.backend if on_gpu else "cpu",
+            devices=(self.gpu_device, "CPU") if self.gpu_device else ("CPU",),
+            placement=report.to_json(),  # what the real runner reads from llama.cpp's load report
+            gpu_memory=self.gpu_memory if on_gpu else None,
         )
         return self.info
 

@@ -30,6 +30,7 @@ from offload.planner import (
     kv_cells,
     model_memory,
     plan,
+    shrink_after_oom,
 )
 from offload.runner.placement import parse_load_log
 
@@ -520,3 +521,38 @@ def test_compare_leaves_the_overhead_out() -> None:
     buffers = p.usage["CUDA0"].buffers
     assert compare(p, {"CUDA0": buffers, CPU: p.usage[CPU].buffers}) == {"CUDA0": 1.0, CPU: 1.0}
     assert gpu_total(p) == buffers + 523 * MIB
+
+
+# ---------------------------------------------------------------- out of memory: the retry's budgets
+
+
+def _failed_8b(free: int = 140 * GIB) -> Plan:
+    gpu = DeviceBudget("CUDA0", free, overhead=523 * MIB)
+    return plan(MEMORY_8B, [gpu, DeviceBudget(CPU, 64 * GIB)], n_ctx=8192)
+
+
+@pytest.mark.parametrize(
+    ("case", "free_now", "device", "requested", "expect_limit"),
+    [
+        # Another process took memory: what is free now explains the failure; the fresh budget is used as is.
+        ("memory taken since", 4 * GIB, "CUDA0", 4400 * MIB, None),
+        # The memory was there: the plan underestimated; cap at the plan less the allocation that failed.
+        ("estimate too low", 140 * GIB, "CUDA0", 300 * MIB, "planned-300MiB"),
+        ("size not in the log", 140 * GIB, "CUDA0", None, "90%"),
+        ("device not in the log", 140 * GIB, None, 300 * MIB, "planned-300MiB"),
+        ("another device failed", 140 * GIB, "CUDA1", 300 * MIB, None),
+    ],
+)
+def test_shrink_after_oom(
+    case: str, free_now: int, device: str | None, requested: int | None, expect_limit: str | None
+) -> None:
+    failed = _failed_8b()
+    planned = failed.usage["CUDA0"].total
+    now = [DeviceBudget("CUDA0", free_now, overhead=523 * MIB), DeviceBudget(CPU, 64 * GIB)]
+    budgets = shrink_after_oom(now, failed, device, requested)
+    limit = {None: None, "planned-300MiB": planned - 300 * MIB, "90%": int(planned * 0.9)}[expect_limit]
+    assert budgets[0].limit == limit, case
+    assert budgets[1] == now[1]
+    retry = plan(MEMORY_8B, budgets, n_ctx=8192, num_ctx_min=2048)
+    if device in {"CUDA0", None}:
+        assert retry.usage["CUDA0"].total < planned, case  # the retry is smaller than what failed there

@@ -75,7 +75,7 @@ def run_with(
     async def main() -> T:
         sched = Scheduler(load_settings(home=tmp_path, **settings), runner_factory=factory, plan_factory=cpu_only)
         try:
-            return await body(sched, factory)
+            return await asyncio.wait_for(body(sched, factory), 30)  # a hang fails in 30 s, not at pytest's limit
         finally:
             await sched.close()
 
@@ -424,26 +424,46 @@ def test_num_ctx_change_reloads_an_idle_runner(tmp_path: Path) -> None:
     assert factory.runners[0].closes == 1
 
 
-def test_num_ctx_change_does_not_reload_a_busy_runner(tmp_path: Path) -> None:
+def test_smaller_num_ctx_shares_the_loaded_runner(tmp_path: Path) -> None:
     model = stored(tmp_path)
-    gate_holder: list[asyncio.Event] = []
+
+    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> None:
+        await collect(sched.generate(model, request(num_ctx=2048)))
+        await collect(sched.generate(model, request(num_ctx=1024)))
+        await collect(sched.generate(model, request()))  # the default, 4096, is larger: reload
+
+    _, factory = run_with(tmp_path, body)
+    assert [r.options.n_ctx for r in factory.runners] == [2048, 4096]
+    assert [q.num_ctx for q in factory.runners[0].requests] == [2048, 1024]
+
+
+def test_bigger_num_ctx_drains_a_busy_runner_then_reloads(tmp_path: Path) -> None:
+    """The request needing more context waits for the busy runner to finish (no deadlock), nobody new joins the
+    draining runner meanwhile, and the reloaded one serves both the waiter and the request that came after it."""
+    model = stored(tmp_path)
+    gate = asyncio.Event()
 
     def hold(runner: FakeRunner) -> None:
-        runner.gate = gate_holder[0]
+        if not gate.is_set():
+            runner.gate = gate
 
-    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> tuple[int, int]:
-        gate_holder.append(asyncio.Event())
+    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> None:
         first = sched.generate(model, request(num_ctx=1024))
-        await first.__anext__()  # the runner is now busy
-        gate_holder[0].set()  # let every generation run through from here on
-        second = await collect(sched.generate(model, request(num_ctx=2048)))
-        assert second[-1].done
+        await first.__anext__()  # runner 0 is busy
+        bigger = asyncio.create_task(collect(sched.generate(model, request(num_ctx=2048))))
+        await asyncio.sleep(0.05)
+        smaller = asyncio.create_task(collect(sched.generate(model, request(num_ctx=512))))
+        await asyncio.sleep(0.05)
+        assert factory.starts == 1 and not bigger.done() and not smaller.done()
+        assert len(factory.runners[0].requests) == 1  # the 512 request did not join the draining runner
+        gate.set()
         await collect(first)
-        return factory.starts, factory.closes
+        assert (await bigger)[-1].done and (await smaller)[-1].done
 
-    (starts, closes), factory = run_with(tmp_path, body, configure=hold)
-    assert (starts, closes) == (1, 0)
-    assert [r.num_ctx for r in factory.runners[0].requests] == [1024, 2048]
+    _, factory = run_with(tmp_path, body, configure=hold)
+    assert [r.options.n_ctx for r in factory.runners] == [1024, 2048]
+    assert factory.runners[0].closes == 1
+    assert sorted(q.num_ctx or 0 for q in factory.runners[1].requests) == [512, 2048]
 
 
 def test_same_request_twice_when_model_trained_on_less_context(tmp_path: Path) -> None:

@@ -197,10 +197,11 @@ def test_invalid_name_is_400(client: TestClient) -> None:
 
 
 def test_error_before_first_chunk_is_an_http_status(client: TestClient, scheduler: FakeScheduler) -> None:
-    scheduler.fail_before = ServerBusy("too many requests queued")
+    scheduler.fail_before = ServerBusy("too many requests queued", retry_after=3)
     response = client.post("/api/generate", json={"model": "tiny", "prompt": "x"})
     assert response.status_code == 503
     assert response.json() == {"error": "too many requests queued"}
+    assert response.headers["retry-after"] == "3"
 
 
 def test_error_mid_stream_is_a_final_error_line(client: TestClient, scheduler: FakeScheduler) -> None:

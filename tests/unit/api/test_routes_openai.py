@@ -157,6 +157,8 @@ def test_errors_before_and_during_the_stream(client: TestClient, scheduler: Fake
     response = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "server_error"
+    assert response.json()["error"]["code"] == "server_busy"
+    assert response.headers["retry-after"] == "1"  # the openai client honours it when it retries
     scheduler.fail_before = None
     scheduler.fail_after = (1, RunnerCrashed("crashed"))
     got = events(client.post("/v1/chat/completions", json={**CHAT, "stream": True}).text)
