@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The memory planner and scheduler on a real GPU (issue: memory planner and multi-model scheduler).
-# On the GPU machine:  source .gpu/env.sh && bash scripts/gpu_memory.sh "$OUT"
+# On the GPU machine:  source .gpu/env.sh && bash scripts/gpu_memory.sh "$OUT" [PARTS]   (PARTS: default "A B C D")
 #  A. predicted vs measured (NVML per process) GPU memory, mkmodel 1b and 8b (Q4_K_M), contexts x parallel slots
 #  B. OFFLOAD_GPU_MEMORY_LIMIT imposed: how full the plan fills it, and that no load fails
 #  C. two models under a limit: the idle one is unloaded to make room
 #  D. out of memory: another process takes the GPU after the server planned; the load is retried smaller
 set -uo pipefail
 OUT=${1:-/tmp/gpu-memory}
+PARTS=${2:-A B C D}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/gpu_memory.log") 2>&1
+exec > >(tee -a "$OUT/gpu_memory.log") 2>&1
 export OFFLOAD_HOME=/root/oh-mem OFFLOAD_HOST=127.0.0.1:11502 PYTHONUNBUFFERED=1
 BASE=http://$OFFLOAD_HOST
 rm -rf "$OFFLOAD_HOME"
@@ -56,6 +57,9 @@ git log -1 --format='commit %h' 2>/dev/null || true
 model 1b
 t0=$(date +%s); model 8b; echo "8b model made in $(( $(date +%s) - t0 )) s"
 
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if part A; then
 echo "## A. predicted vs measured"
 header=--header
 for parallel in 1 4; do
@@ -65,7 +69,9 @@ for parallel in 1 4; do
   header=
 done
 grep -hE "memory measured/predicted|per-process overhead" "$OUT"/serve-p*.log | head -14
+fi
 
+if part B; then
 echo "## B. OFFLOAD_GPU_MEMORY_LIMIT"
 for case in "5 llama8b:q4 -" "4 llama8b:q4 -" "6 llama8b:q4 8192" "3 llama1b:q4 8192"; do
   set -- $case
@@ -76,14 +82,18 @@ for case in "5 llama8b:q4 -" "4 llama8b:q4 -" "6 llama8b:q4 8192" "3 llama1b:q4 
   ps_rows $limit
   grep -hE "memory plan for|memory measured/predicted|OUT OF MEMORY" "$OUT/serve-limit$1.log" | sed 's/^/    /'
 done
+fi
 
+if part C; then
 echo "## C. two models under a 6 GiB limit"
 serve serve-evict OFFLOAD_GPU_MEMORY_LIMIT=6GiB || exit 1
 echo "1b: HTTP $(gen llama1b:q4 '')"; ps_rows
 echo "8b: HTTP $(gen llama8b:q4 '')"; ps_rows
 echo "1b again: HTTP $(gen llama1b:q4 '')"; ps_rows
 grep -hE "placing|unloaded|waits for memory" "$OUT/serve-evict.log" | sed 's/^/    /'
+fi
 
+if part D; then
 echo "## D. out of memory after the plan was made"
 serve serve-oom || exit 1
 python3 - > "$OUT/hog.txt" 2>&1 <<'EOF' &
@@ -102,5 +112,6 @@ echo "8b with 3 GiB free: HTTP $status in $(python3 -c "print(f'{$(date +%s.%N) 
 ps_rows
 grep -hE "OUT OF MEMORY|retry plan|memory plan for|FALLBACK|inference compute" "$OUT/serve-oom.log" | sed 's/^/    /'
 kill $hog 2> /dev/null
+fi
 stop
 echo done
