@@ -210,7 +210,9 @@ def _usage(
             has_output=name == output_device,
         )
         if name == CPU:
-            compute += host_buffer_bytes(shape, n_ubatch=n_ubatch, parallel=parallel, offloaded=n_gpu > 0)
+            compute += host_buffer_bytes(
+                shape, n_ctx=n_ctx, n_ubatch=n_ubatch, parallel=parallel, offloaded=n_gpu > 0
+            )
         held = weights[name] + kv_bytes[name] + compute
         overhead = overheads.get(name, 0) if held else 0
         usage[name] = DeviceUsage(weights=weights[name], kv=kv_bytes[name], compute=compute, overhead=overhead)

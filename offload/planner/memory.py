@@ -47,21 +47,26 @@ KV_CELL_PAD = 256
 # `set_swa_pattern(n)`: layer il is SWA unless (il + 1) % n == 0). gemma3: 5 local, 1 global.
 SWA_PATTERNS: Mapping[str, int] = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
 
-# ---- compute buffer coefficients (estimates: calibrate against the runner's measured buffers) ----
+# ---- compute buffer coefficients (calibrated against llama.cpp's reported buffers) ----
 # The graph allocator reuses memory, so a compute buffer is the largest set of tensors alive at one time,
-# not a sum. Measured on an H200 (llama 1B, n_ubatch 512, flash attention on): CUDA0 compute 66.50 MiB
-# = 512 x (32000 + 2048) x 4 bytes, the logits plus the normed hidden state feeding them.
+# not a sum. Measured on an H200, n_ubatch 512, flash attention on (tests/fixtures/load_logs/cuda_h200_*):
+#   llama 1B (n_embd 2048, n_ff 8192, vocab 32000): CUDA0 66.50 MiB at n_ctx 2048 and 4096 (the output peak,
+#     512 x (32000 + 2048) x 4), 68.01 MiB at 8192 (the layer peak: 512 x (3 x 8192 + 3 x 2048) x 4 + the mask);
+#   llama 8B (n_embd 4096, n_ff 14336): CUDA0 110.01 MiB at 2048, 116.01 at 8192 (the layer peak);
+#   CUDA_Host: 10.01 / 12.01 / 16.01 MiB for 1B at 2048 / 4096 / 8192, 18.01 / 24.01 for 8B at 2048 / 8192.
 F32 = 4
+F16 = 2
 # Attention scores without flash attention: KQ (f32) and its softmax are both alive: 2 copies of
-# n_ubatch x n_ctx x n_head. Uncertain: llama.cpp may free or fuse one of them on some backends.
+# n_ubatch x n_ctx x n_head. Not yet checked against a measurement (the runner lets llama.cpp pick flash
+# attention, which it does on CUDA and the CPU).
 ATTN_SCORE_COPIES = 2
-# With flash attention no score matrix exists; the kernel needs about one hidden state per token more.
-FLASH_ATTN_EMBD_COPIES = 1
-# A repeating layer's peak: hidden state plus the gate and up FFN activations.
-FFN_ACTIVATION_COPIES = 2
-# The host compute buffer a GPU load keeps (CUDA_Host 12.01 MiB measured for llama 1B): input embeddings and
-# their copies, about 3 hidden states per token of the micro-batch.
-HOST_COMPUTE_EMBD_COPIES = 3
+# A repeating layer's peak: 3 hidden states and 3 FFN activations (gate, up, their product) per token,
+# plus the attention mask (f16, n_ubatch x n_ctx of the sequence).
+LAYER_EMBD_COPIES = 3
+FFN_ACTIVATION_COPIES = 3
+# The host compute buffer a GPU load keeps: 2 hidden states per token of the micro-batch (the input
+# embeddings and their copy) plus the attention mask.
+HOST_COMPUTE_EMBD_COPIES = 2
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 
@@ -280,34 +285,38 @@ def compute_buffer_bytes(
 ) -> int:
     """Estimated compute buffer of one device for a micro-batch of `n_ubatch` tokens (f32 activations).
 
-    The buffer is the largest set of tensors alive at once (ggml's allocator reuses memory), so the estimate is
-    the larger of:
+    `n_ctx` is the context of one sequence (the attention mask and scores span one sequence's cells). The buffer
+    is the largest set of tensors alive at once (ggml's allocator reuses memory), so the estimate is the larger of:
       output peak (device holding the output layer): n_ubatch x (n_vocab + n_embd) x 4
-      layer peak (device holding repeating layers):  n_ubatch x (n_embd + FFN_ACTIVATION_COPIES x n_ff) x 4
-        + attention: without flash attention n_ubatch x n_ctx x max(n_head) x 4 x ATTN_SCORE_COPIES,
-                     with it n_ubatch x n_embd x 4 x FLASH_ATTN_EMBD_COPIES.
-    Calibrated on one point only (llama 1B on CUDA with flash attention: exact); the attention terms are not
-    yet checked against a measurement.
+      layer peak (device holding repeating layers):
+        n_ubatch x (LAYER_EMBD_COPIES x n_embd + FFN_ACTIVATION_COPIES x n_ff) x 4 + mask n_ubatch x n_ctx x 2
+        + without flash attention the scores, n_ubatch x n_ctx x max(n_head) x 4 x ATTN_SCORE_COPIES.
+    With flash attention this matches llama.cpp's CUDA buffers for llama 1B and 8B at 2048-8192 (to 0.01 MiB);
+    the no-flash-attention term is not yet checked against a measurement.
     """
     peak = 0
     if has_output:
         peak = n_ubatch * (shape.n_vocab + shape.n_embd) * F32
     if has_layers:
-        layer = n_ubatch * (shape.n_embd + FFN_ACTIVATION_COPIES * shape.n_ff) * F32
-        if flash_attn:
-            layer += n_ubatch * shape.n_embd * F32 * FLASH_ATTN_EMBD_COPIES
-        else:
+        layer = n_ubatch * (LAYER_EMBD_COPIES * shape.n_embd + FFN_ACTIVATION_COPIES * shape.n_ff) * F32
+        layer += n_ubatch * pad(n_ctx) * F16  # the KQ mask
+        if not flash_attn:
             layer += n_ubatch * n_ctx * max(shape.n_head, default=0) * F32 * ATTN_SCORE_COPIES
         peak = max(peak, layer)
     return peak
 
 
-def host_buffer_bytes(shape: ModelShape, *, n_ubatch: int = 512, parallel: int = 1, offloaded: bool) -> int:
+def host_buffer_bytes(
+    shape: ModelShape, *, n_ctx: int = 4096, n_ubatch: int = 512, parallel: int = 1, offloaded: bool
+) -> int:
     """Host memory a load needs beside weights and KV: the logits output buffer (n_vocab x 4 per sequence;
     1.00 MiB measured for gemma3's 262144 tokens) and, when layers run on a GPU, the host compute buffer
-    (n_ubatch x n_embd x 4 x HOST_COMPUTE_EMBD_COPIES; 12.01 MiB measured for llama 1B)."""
+    (n_ubatch x (n_embd x 4 x HOST_COMPUTE_EMBD_COPIES + n_ctx x 2); 10.01 / 12.01 / 16.01 MiB measured for
+    llama 1B at n_ctx 2048 / 4096 / 8192). `n_ctx` is one sequence's context."""
     output = shape.n_vocab * F32 * max(1, parallel)
-    host_compute = n_ubatch * shape.n_embd * F32 * HOST_COMPUTE_EMBD_COPIES if offloaded else 0
+    host_compute = 0
+    if offloaded:
+        host_compute = n_ubatch * (shape.n_embd * F32 * HOST_COMPUTE_EMBD_COPIES + pad(n_ctx) * F16)
     return output + host_compute
 
 

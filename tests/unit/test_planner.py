@@ -556,3 +556,28 @@ def test_shrink_after_oom(
     retry = plan(MEMORY_8B, budgets, n_ctx=8192, num_ctx_min=2048)
     if device in {"CUDA0", None}:
         assert retry.usage["CUDA0"].total < planned, case  # the retry is smaller than what failed there
+
+
+# ---------------------------------------------------------------- compute buffers: llama.cpp's numbers, 1B and 8B
+
+
+@pytest.mark.parametrize(
+    ("fixture", "shape", "n_ctx"),
+    [
+        ("cuda_h200_llama1b.txt", {}, 4096),
+        ("cuda_h200_llama8b_ctx2048.txt", {"n_layer": 32, "n_embd": 4096, "n_ff": 14336}, 2048),
+        ("cuda_h200_llama8b_ctx8192.txt", {"n_layer": 32, "n_embd": 4096, "n_ff": 14336}, 8192),
+    ],
+)
+def test_buffers_match_llama_cpp_on_the_h200(fixture: str, shape: dict[str, int], n_ctx: int) -> None:
+    """KV, compute and host compute buffers to 0.1 MiB; weights within 1% (the table here is a stand-in for the
+    quantized file's, whose tensor types llama-quantize picks)."""
+    report = parse_load_log((LOGS / fixture).read_text())
+    p = plan(model_memory(llama_gguf(**shape)), [DeviceBudget("CUDA0", 140 * GIB), DeviceBudget(CPU, 64 * GIB)],
+             n_ctx=n_ctx, num_ctx_min=n_ctx)
+    gpu, measured = p.usage["CUDA0"], report.buffers["CUDA0"]
+    assert abs(gpu.kv - measured["KV"]) < 0.1 * MIB
+    assert abs(gpu.compute - measured["compute"]) < 0.1 * MIB, (gpu.compute / MIB, measured["compute"] / MIB)
+    host = report.buffers["CPU"]["output"] + report.buffers["CPU"]["compute"]
+    assert abs(p.usage[CPU].compute - host) < 0.2 * MIB, (p.usage[CPU].compute / MIB, host / MIB)
+    assert _within(gpu.weights, measured["model"], 0.01)
