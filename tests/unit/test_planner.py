@@ -581,3 +581,15 @@ def test_buffers_match_llama_cpp_on_the_h200(fixture: str, shape: dict[str, int]
     host = report.buffers["CPU"]["output"] + report.buffers["CPU"]["compute"]
     assert abs(p.usage[CPU].compute - host) < 0.2 * MIB, (p.usage[CPU].compute / MIB, host / MIB)
     assert _within(gpu.weights, measured["model"], 0.01)
+
+
+def test_partial_offload_is_not_underestimated() -> None:
+    """26 of 33 layers of llama 8B on the GPU: llama.cpp's CUDA0 buffers (model 3198.49, KV 250, compute 133.50
+    MiB) are covered by the prediction, PARTIAL_OFFLOAD_MARGIN included, and not by more than 1.5%."""
+    report = parse_load_log((LOGS / "cuda_h200_llama8b_partial26.txt").read_text())
+    memory = model_memory(llama_gguf(n_layer=32, n_embd=4096, n_ff=14336))
+    p = plan(memory, [DeviceBudget("CUDA0", 140 * GIB), DeviceBudget(CPU, 64 * GIB)], n_ctx=2560, num_gpu=26)
+    assert report.layers_on_gpu == 26 and p.layers_per_device["CUDA0"] == 26
+    predicted, measured = p.usage["CUDA0"].buffers, report.bytes_on("CUDA0")
+    assert measured <= predicted <= 1.015 * measured, (predicted / MIB, measured / MIB)
+    assert abs(p.usage["CUDA0"].kv - report.buffers["CUDA0"]["KV"]) < 0.1 * MIB
