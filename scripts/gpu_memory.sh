@@ -53,7 +53,7 @@ for m in json.load(sys.stdin)['models']:
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-git log -1 --format='commit %h' 2>/dev/null || true
+echo "commit ${OFFLOAD_COMMIT:-unknown (pass OFFLOAD_COMMIT: the device's copy has no current git metadata)}"
 model 1b
 t0=$(date +%s); model 8b; echo "8b model made in $(( $(date +%s) - t0 )) s"
 
