@@ -364,10 +364,14 @@ class Scheduler:
         *,
         ctx_forced: bool = False,
     ) -> MemoryPlan | None:
-        """The memory planner's layers and context for a GPU backend left on "auto" (blocking: reads the GGUF).
-        None when the user fixed the layers, or for the CPU."""
-        if candidate.backend == "cpu" or num_gpu is not None or self.settings.gpu_layers != "auto":
+        """The memory planner's layers and context for a GPU backend (blocking: reads the GGUF); None for the CPU.
+        Layers the user fixed (the request's num_gpu, the gpu_layers setting) are kept or refused with the numbers
+        (PlanRefused); on "auto" the planner picks them."""
+        if candidate.backend == "cpu":
             return None
+        forced = None
+        if self._layers_forced(num_gpu):
+            forced = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
         gguf = read_gguf(model.model_path)
         return plan_memory(
             model_memory(gguf),
@@ -378,7 +382,11 @@ class Scheduler:
             num_ctx_max=gguf.context_length,
             n_ubatch=self.settings.num_batch,
             headroom=HEADROOM,
+            num_gpu=forced,
         )
+
+    def _layers_forced(self, num_gpu: int | None) -> bool:
+        return num_gpu is not None or self.settings.gpu_layers != "auto"
 
     def _shrunk_plan(
         self,
@@ -446,7 +454,7 @@ class Scheduler:
         try:
             return await self._run(model, candidate, memory_plan, n_ctx, num_gpu, fallbacks)
         except OutOfMemory as exc:
-            if memory_plan is None:  # the user fixed the layers: no smaller plan to try
+            if memory_plan is None or self._layers_forced(num_gpu):  # no smaller plan to try, or not ours to make
                 raise
             first = exc
         log.warning("OUT OF MEMORY loading %s on %s: %s; retrying with a smaller plan", model.name,

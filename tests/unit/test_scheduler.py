@@ -16,7 +16,7 @@ import pytest
 from offload import scheduler as scheduler_module
 from offload.backend_plan import ALL_LAYERS, BackendPlan, Candidate, gpu_layers_for
 from offload.config import Settings, load_settings
-from offload.errors import BackendUnusable, RunnerCrashed, RunnerStartFailed
+from offload.errors import BackendUnusable, PlanRefused, RunnerCrashed, RunnerStartFailed
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
 from offload.hardware.probe import snapshot
 from offload.models.names import parse_name
@@ -703,6 +703,26 @@ def test_auto_keeps_layers_off_a_gpu_without_room(tmp_path: Path) -> None:
     assert options.n_gpu_layers == 0
 
 
-def test_a_fixed_gpu_layers_setting_bypasses_the_planner(tmp_path: Path) -> None:
-    options = first_load_options(tmp_path, H100, gpu_layers="7")
-    assert options.n_gpu_layers == 7
+def test_a_fixed_gpu_layers_setting_is_kept_up_to_the_model(tmp_path: Path) -> None:
+    assert first_load_options(tmp_path, H100, gpu_layers="7").n_gpu_layers == 2  # the tiny model has 2 layers
+    assert first_load_options(tmp_path, H100, gpu_layers="1").n_gpu_layers == 1
+
+
+def test_forced_num_gpu_that_does_not_fit_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    full = dataclasses.replace(H100, free=1 << 20)
+    model = real_tiny_model(tmp_path)
+    factory = FakeRunnerFactory()
+
+    async def main() -> PlanRefused:
+        sched = Scheduler(load_settings(home=tmp_path), runner_factory=factory, plan_factory=gpu_plan_on(full))
+        try:
+            with pytest.raises(PlanRefused) as caught:
+                await collect(sched.generate(model, request(num_gpu=2)))
+            return caught.value
+        finally:
+            await sched.close()
+
+    refused = asyncio.run(main())
+    assert refused.status == 400 and refused.param == "num_gpu"
+    assert "num_gpu 2 of 2" in refused.message and "CUDA0 needs" in refused.message and "MiB" in refused.message
+    assert factory.runners == []  # refused before any runner started
