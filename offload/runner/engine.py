@@ -1,9 +1,16 @@
 """The runner's decode loop: free of sockets and asyncio, it only turns requests into emitted messages.
 
-One step = `schedule()` picks the work, `run()` calls llama.cpp, `postprocess()` turns tokens into chunks.
-This version serves one sequence at a time (the others wait in order); the batching engine replaces `schedule`
-and `run` with multi-sequence versions without changing the seams. A request's limit is the context's n_ctx_seq, the
-cells llama.cpp gives one sequence, not n_ctx, which is every sequence's together.
+Continuous batching: the context has `n_seq_max` sequence slots. One step =
+`schedule()` admits waiting requests into free slots and drops cancelled ones, `run()` builds one llama.cpp batch
+(the next token of every decoding sequence first, then prompt chunks of the sequences still prefilling, in
+arrival order, up to n_batch tokens) and calls llama_decode once, `postprocess()` samples each sequence's token
+from its own output row and turns it into chunks. So a request joins at the next step, a finished one leaves, and
+a long prompt delays the other streams by at most one chunk per step. A request's limit is the context's
+n_ctx_seq, the cells of its slot.
+
+Prefix reuse: each slot remembers the tokens its KV cache holds; a new request takes the free slot whose cache
+shares the longest prefix with its prompt (a chat's next turn lands where its last turn was) and evaluates only
+the rest.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 
 from offload.errors import ContextLengthExceeded, OffloadError
 from offload.generation import Chunk, DoneReason, EmbedRequest, EmbedResult, GenerateRequest, to_wire
-from offload.runner.llamacpp import Context, Model, Sampler
+from offload.runner.llamacpp import BatchPart, Context, Model, Sampler
 from offload.runner.protocol import Message
 from offload.runner.textstream import TextStream
 
@@ -36,11 +43,34 @@ class Sequence:
     sampler: Sampler
     text: TextStream
     stop_tokens: frozenset[int]  # control tokens named as stop strings: they render as no text, so match by id
+    slot: Slot | None = None
     n_cached: int = 0  # tokens of `tokens` already in the KV cache
     n_generated: int = 0
     next_token: int | None = None  # sampled, not yet decoded
     started_ns: int = field(default_factory=time.perf_counter_ns)
     prompt_done_ns: int = 0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_cached < self.n_prompt
+
+
+@dataclass
+class Slot:
+    """One of the context's sequences (seq_id) and what its part of the KV cache holds."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    seq: Sequence | None = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class Engine:
@@ -50,9 +80,9 @@ class Engine:
         self.emit = emit
         self.n_threads = n_threads
         self.waiting: deque[tuple[str, GenerateRequest]] = deque()
-        self.active: Sequence | None = None
+        self.slots = [Slot(seq_id) for seq_id in range(context.n_seq_max)]
+        self.active: list[Sequence] = []  # in arrival order: prefill chunks are handed out in this order
         self.cancelled: set[str] = set()
-        self._kv_tokens: list[int] = []  # what sequence 0 of the cache holds, for prefix reuse
         self._embedder: Context | None = None
 
     # ---- requests from the server -------------------------------------------------------------------------
@@ -60,8 +90,8 @@ class Engine:
         self.waiting.append((request_id, request))
 
     def cancel(self, request_id: str) -> None:
-        if self.active is not None and self.active.id == request_id:
-            self.cancelled.add(request_id)
+        if any(seq.id == request_id for seq in self.active):
+            self.cancelled.add(request_id)  # dropped at the next step, during prefill too
             return
         for i, (waiting_id, _) in enumerate(self.waiting):
             if waiting_id == request_id:
@@ -70,53 +100,79 @@ class Engine:
                 return
 
     def has_work(self) -> bool:
-        return self.active is not None or bool(self.waiting)
+        return bool(self.active) or bool(self.waiting)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def step(self) -> None:
-        seq = self.schedule()
-        if seq is None:
+        active = self.schedule()
+        if not active:
             return
-        try:
-            if seq.id in self.cancelled:
-                self.finish(seq, "cancel")
-                return
-            token = self.run(seq)
-            if token is not None:
-                self.postprocess(seq, token)
-        except OffloadError as exc:
-            self.fail(seq, exc)
+        parts = self.run(active)
+        for seq, token in parts:
+            self.postprocess(seq, token)
 
-    def schedule(self) -> Sequence | None:
-        while self.active is None and self.waiting:
+    def schedule(self) -> list[Sequence]:
+        """Drop cancelled sequences, admit waiting requests into free slots; the sequences to step."""
+        for seq in [s for s in self.active if s.id in self.cancelled]:
+            self.finish(seq, "cancel")
+        while self.waiting:
+            free = [slot for slot in self.slots if slot.seq is None]
+            if not free:
+                break
             request_id, request = self.waiting.popleft()
             try:
-                self.active = self._start(request_id, request)
+                seq = self._start(request_id, request)
             except OffloadError as exc:
                 self.emit({"op": "error", "id": request_id, "code": exc.code, "message": exc.message})
+                continue
+            self._place(seq, free)
+            self.active.append(seq)
         return self.active
 
-    def run(self, seq: Sequence) -> int | None:
-        """Prefill one chunk of the prompt, or decode the last sampled token; returns a new token when one is due."""
+    def run(self, active: list[Sequence]) -> list[tuple[Sequence, int]]:
+        """One llama_decode over every sequence that has work; (sequence, sampled token) for each that got one."""
         ctx = self.context
-        if seq.next_token is not None:
+        budget = ctx.n_batch
+        parts: list[BatchPart] = []
+        stepped: list[Sequence] = []
+        for seq in list(active):
+            if seq.next_token is None:
+                continue
             if seq.n_cached + 1 >= ctx.n_ctx_seq:
                 self.finish(seq, "length")
-                return None
+                continue
             seq.tokens.append(seq.next_token)
             seq.next_token = None
-            ctx.decode(seq.tokens[seq.n_cached :], seq.n_cached)
-            seq.n_cached = len(seq.tokens)
-            self._kv_tokens = seq.tokens
-            return seq.sampler.sample(ctx)
-        chunk = seq.tokens[seq.n_cached : seq.n_cached + ctx.n_batch]
-        ctx.decode(chunk, seq.n_cached)
-        seq.n_cached += len(chunk)
-        self._kv_tokens = seq.tokens[: seq.n_cached]
-        if seq.n_cached < seq.n_prompt:
-            return None
-        seq.prompt_done_ns = time.perf_counter_ns()
-        return seq.sampler.sample(ctx)
+            parts.append(BatchPart(seq.tokens[seq.n_cached :], seq.n_cached, self._seq_id(seq), output=True))
+            stepped.append(seq)
+            budget -= 1
+        for seq in active:
+            if budget <= 0:
+                break
+            if not seq.prefilling or seq.next_token is not None or seq in stepped:
+                continue
+            chunk = seq.tokens[seq.n_cached : seq.n_cached + budget]
+            done = seq.n_cached + len(chunk) >= seq.n_prompt
+            parts.append(BatchPart(chunk, seq.n_cached, self._seq_id(seq), output=done))
+            stepped.append(seq)
+            budget -= len(chunk)
+        if not parts:
+            return []
+        try:
+            rows = ctx.decode_parts(parts)
+        except OffloadError as exc:
+            for seq in stepped:
+                self.fail(seq, exc)
+            return []
+        sampled: list[tuple[Sequence, int]] = []
+        for seq, part, row in zip(stepped, parts, rows, strict=True):
+            seq.n_cached += len(part.tokens)
+            if row is None:
+                continue
+            if not seq.prompt_done_ns:
+                seq.prompt_done_ns = time.perf_counter_ns()
+            sampled.append((seq, seq.sampler.sample(ctx, row)))
+        return sampled
 
     def postprocess(self, seq: Sequence, token: int) -> None:
         if self.model.is_end(token) or token in seq.stop_tokens:
@@ -151,19 +207,31 @@ class Engine:
             context=context,
         )
         self.emit({"op": "chunk", "id": seq.id, "chunk": to_wire(final)})
-        self._release(seq)
+        self._release(seq, keep_cache=True)
 
     def fail(self, seq: Sequence, exc: OffloadError) -> None:
         self.emit({"op": "error", "id": seq.id, "code": exc.code, "message": exc.message})
-        # The cache may hold a half-written batch: forget it rather than trust it.
-        self.context.clear()
-        self._kv_tokens = []
-        self._release(seq)
+        # The slot's cache may hold a half-written batch: forget it rather than trust it.
+        self._release(seq, keep_cache=False)
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seq: Sequence, *, keep_cache: bool) -> None:
         seq.sampler.close()
         self.cancelled.discard(seq.id)
-        self.active = None
+        if seq in self.active:
+            self.active.remove(seq)
+        slot = seq.slot
+        if slot is not None:
+            if keep_cache:
+                slot.cached = seq.tokens[: seq.n_cached]
+            else:
+                self.context.forget(slot.seq_id, 0)
+                slot.cached = []
+            slot.seq = None
+            seq.slot = None
+
+    def _seq_id(self, seq: Sequence) -> int:
+        assert seq.slot is not None  # every active sequence holds a slot
+        return seq.slot.seq_id
 
     def _start(self, request_id: str, request: GenerateRequest) -> Sequence:
         tokens = list(request.context) + self.model.tokenize(request.prompt, add_special=not request.context)
@@ -178,23 +246,19 @@ class Engine:
         seed = request.sampling.seed if request.sampling.seed is not None else random.getrandbits(32)
         sampler = Sampler(request.sampling, self.model.facts.n_vocab, seed)
         stop_tokens = frozenset(t for t in map(self.model.control_token, request.stop) if t is not None)
-        seq = Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop), stop_tokens)
-        seq.n_cached = self._reuse_prefix(tokens)
-        return seq
+        return Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop), stop_tokens)
 
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Keep the cached prefix this prompt shares with the last sequence (a chat's next turn)."""
-        common = 0
-        for cached, new in zip(self._kv_tokens, tokens, strict=False):
-            if cached != new:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # the last prompt token must be evaluated to get logits
-        if common == 0 or not self.context.forget(0, common):
-            self.context.clear()
+    def _place(self, seq: Sequence, free: list[Slot]) -> None:
+        """Put `seq` in the free slot whose cache shares the longest prefix with its prompt, and keep that prefix."""
+        slot = max(free, key=lambda s: (common_prefix(s.cached, seq.tokens), -s.seq_id))
+        common = min(common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)  # the last one gives logits
+        if common == 0 or not self.context.forget(slot.seq_id, common):
+            self.context.forget(slot.seq_id, 0)
             common = 0
-        self._kv_tokens = tokens[:common]
-        return common
+        slot.cached = seq.tokens[:common]
+        slot.seq = seq
+        seq.slot = slot
+        seq.n_cached = common
 
     # ---- one-shot requests ---------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

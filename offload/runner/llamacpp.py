@@ -150,13 +150,21 @@ class ModelFacts:
 class Model:
     """A loaded GGUF: weights and vocabulary, shared by the contexts made from it."""
 
-    def __init__(self, path: str, n_gpu_layers: int, *, tensor_split: Sequence[float] = ()) -> None:
+    def __init__(
+        self, path: str, n_gpu_layers: int, *, tensor_split: Sequence[float] = (), repack: bool = True
+    ) -> None:
         """Load `path` with `n_gpu_layers` layers offloaded. `tensor_split` is the fraction of the offloaded model for
         each GPU, in llama.cpp's device order (empty: llama.cpp splits by free memory); ValueError when it has more
-        entries than this build supports (llama_max_devices()) or an entry is negative or not finite."""
+        entries than this build supports (llama_max_devices()) or an entry is negative or not finite.
+
+        `repack` lets llama.cpp repack CPU weights for its batched kernels (its "extra buffer types": CPU_REPACK,
+        AMX). Those kernels sum in another order than the single-token ones, so with repacking a sequence's logits
+        depend on how many other tokens share its batch; without it, a request decoded in a batch of many gives the
+        same tokens as alone."""
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = repack
         # llama.cpp keeps only the pointer: the array must outlive the load, so the model holds it.
         self._tensor_split: ctypes.Array[ctypes.c_float] | None = None
         if tensor_split:
@@ -236,6 +244,17 @@ def _attach_threadpool(context: Any, threadpool: int | None, threadpool_batch: i
     function(context, threadpool, threadpool_batch)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchPart:
+    """Tokens of one sequence at positions start_pos.. in a multi-sequence batch; `output`: the last one gives
+    logits (a decode step, or the final chunk of a prompt)."""
+
+    tokens: list[int]
+    start_pos: int
+    seq_id: int
+    output: bool
+
+
 class Context:
     """One llama.cpp context (KV cache + compute buffers) and a reusable batch."""
 
@@ -272,6 +291,7 @@ class Context:
         # (the KV cache is not unified across sequences), so this, not n_ctx, bounds one request.
         self.n_ctx_seq = int(C.llama_n_ctx_seq(handle))
         self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
         self.memory = C.llama_get_memory(handle)
         self._batch = C.llama_batch_init(n_batch, 0, n_seq_max)
 
@@ -298,6 +318,38 @@ class Context:
             raise ContextLengthExceeded("no room left in the KV cache for this sequence")
         if status != 0:
             raise RunnerError(f"llama_decode failed with status {status}")
+
+    def decode_parts(self, parts: list[BatchPart]) -> list[int | None]:
+        """Evaluate several sequences' tokens in one llama_decode; per part, the batch row of its output (for
+        sampling) or None. The parts together must fit n_batch."""
+        total = sum(len(part.tokens) for part in parts)
+        if total > self.n_batch or total == 0:
+            raise RunnerError(f"batch of {total} tokens does not fit n_batch {self.n_batch}")
+        batch = self._batch
+        rows: list[int | None] = []
+        i = 0
+        for part in parts:
+            seq_id, pos = part.seq_id, part.start_pos
+            for token in part.tokens:
+                batch.token[i] = token
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq_id
+                batch.logits[i] = False
+                pos += 1
+                i += 1
+            if part.output:
+                batch.logits[i - 1] = True
+                rows.append(i - 1)
+            else:
+                rows.append(None)
+        batch.n_tokens = i
+        status = int(C.llama_decode(self.handle, batch))
+        if status == 1:
+            raise ContextLengthExceeded("no room left in the KV cache for this batch")
+        if status != 0:
+            raise RunnerError(f"llama_decode failed with status {status}")
+        return rows
 
     def forget(self, seq_id: int, from_pos: int) -> bool:
         """Drop the cache of `seq_id` from `from_pos` on; False if llama.cpp cannot cut it there (SWA, recurrent)."""

@@ -200,8 +200,7 @@ def test_prefix_reuse(loaded: Loaded) -> None:
     longer = PROMPT + "The sea is blue.<end_of_turn>\n<start_of_turn>user\nAnd the sky?<end_of_turn>\n"
     n_first, n_second = len(loaded.model.tokenize(PROMPT)), len(loaded.model.tokenize(longer))
     engine.submit("turn2", GenerateRequest(model="m", prompt=longer, sampling=GREEDY, num_predict=2))
-    seq = engine.schedule()
-    assert seq is not None
+    (seq,) = engine.schedule()
     assert 0 < seq.n_cached <= n_first
     assert seq.n_cached < n_second  # at least the last prompt token is evaluated again for its logits
     drain(engine)
@@ -262,8 +261,7 @@ def test_control_token_named_as_stop_ends_generation(loaded: Loaded) -> None:
     assert loaded.model.control_token("hello") is None
     request = GenerateRequest(model="gemma3:270m", prompt=PROMPT, sampling=GREEDY, stop=("<start_of_turn>",))
     engine.submit("r", request)
-    seq = engine.schedule()
-    assert seq is not None
+    (seq,) = engine.schedule()
     assert seq.stop_tokens == frozenset({start_of_turn})
     engine.postprocess(seq, start_of_turn)  # as if the model had just sampled it
     assert run.final("r")["done_reason"] == "stop"

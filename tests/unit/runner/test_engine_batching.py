@@ -1,0 +1,179 @@
+"""The batching engine on the real starter model: many sequences in one llama_decode per step give each request
+what it gets alone; slots are freed by cancellation; prompts are prefilled in chunks beside running decodes."""
+
+from __future__ import annotations
+
+# isort: off
+# llama.cpp must be loaded before anything that may import numpy: the reverse order crashed on GPU hosts.
+from offload.runner.llamacpp import Context, Model
+
+# isort: on
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from offload.generation import GenerateRequest, SamplingOptions
+from offload.hardware.cpu import physical_cores
+from offload.runner.engine import Engine
+from tests.unit.runner.test_engine_real import MAX_STEPS, PROMPT, Run
+
+SLOTS = 8
+N_PREDICT = 12
+SETTINGS = [
+    SamplingOptions(temperature=0.0, seed=1),
+    SamplingOptions(temperature=0.8, seed=2),
+    SamplingOptions(temperature=1.0, top_k=10, seed=3),
+    SamplingOptions(temperature=0.7, top_p=0.5, seed=4),
+    SamplingOptions(temperature=0.9, min_p=0.1, seed=5),
+    SamplingOptions(temperature=0.8, repeat_penalty=1.3, seed=6),
+    SamplingOptions(temperature=1.2, presence_penalty=0.5, frequency_penalty=0.5, seed=7),
+    SamplingOptions(temperature=0.6, typical_p=0.8, seed=8),
+]
+PROMPTS = [
+    PROMPT,
+    "<start_of_turn>user\nName a color.<end_of_turn>\n<start_of_turn>model\n",
+    "The capital of France is",
+    "Once upon a time",
+    PROMPT,
+    "1, 2, 3, 4,",
+    "<start_of_turn>user\nWrite a haiku about rain.<end_of_turn>\n<start_of_turn>model\n",
+    "def fibonacci(n):",
+]
+
+
+@dataclass
+class Batched:
+    model: Model
+    context: Context
+    threads: int
+
+
+@pytest.fixture(scope="module")
+def batched(starter_model: Path) -> Iterator[Batched]:
+    threads = physical_cores()
+    model = Model(str(starter_model), 0, repack=False)  # as the runner loads for the CPU backend
+    context = Context(model, n_ctx=SLOTS * 256, n_batch=64, n_threads=threads, n_seq_max=SLOTS)
+    yield Batched(model, context, threads)
+    context.close()
+    model.close()
+
+
+def drain(engine: Engine) -> int:
+    for steps in range(1, MAX_STEPS):
+        if not engine.has_work():
+            return steps
+        engine.step()
+    raise AssertionError("engine did not finish")
+
+
+def request(i: int, **kwargs: object) -> GenerateRequest:
+    options: dict[str, object] = {"prompt": PROMPTS[i], "sampling": SETTINGS[i], "num_predict": N_PREDICT} | kwargs
+    return GenerateRequest(model="gemma3:270m", **options)  # type: ignore[arg-type]
+
+
+def alone(b: Batched, i: int) -> str:
+    run = Run()
+    engine = Engine(b.model, b.context, run, n_threads=b.threads)
+    engine.submit("r", request(i))
+    drain(engine)
+    assert run.final("r")["eval_count"] >= 1
+    return run.text("r")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="llama.cpp's CPU kernels are not batch-invariant: found 2026-11-22, a prompt split 8+9 tokens by the "
+    "multi-sequence ubatch split decodes differently from the same prompt in one ubatch (weight repacking, the first "
+    "cause, is now off on the CPU); the batching issue stays open until this holds",
+)
+def test_eight_streams_together_give_what_each_gives_alone(batched: Batched) -> None:
+    expected = [alone(batched, i) for i in range(SLOTS)]
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    for i in range(SLOTS):
+        engine.submit(f"s{i}", request(i))
+    active = engine.schedule()
+    assert len(active) == SLOTS  # all admitted at once, one slot each
+    assert sorted(seq.slot.seq_id for seq in active if seq.slot) == list(range(SLOTS))
+    steps = drain(engine)
+    got = [run.text(f"s{i}") for i in range(SLOTS)]
+    assert got == expected
+    # Batched: about N_PREDICT decode steps plus a few prefill steps, not 8 times that.
+    assert steps < 3 * N_PREDICT
+
+
+def test_a_cancelled_stream_frees_its_slot_for_the_next_request(batched: Batched) -> None:
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    for i in range(SLOTS):
+        engine.submit(f"s{i}", request(i, num_predict=200))
+    engine.submit("late", request(1, num_predict=3))
+    engine.step()
+    assert len(engine.active) == SLOTS and len(engine.waiting) == 1
+    engine.cancel("s3")
+    engine.step()  # the cancelled one leaves, the waiting one takes its slot in the same step
+    assert run.final("s3")["done_reason"] == "cancel"
+    assert {seq.id for seq in engine.active} == {f"s{i}" for i in range(SLOTS) if i != 3} | {"late"}
+    for i in range(SLOTS):
+        engine.cancel(f"s{i}")
+    drain(engine)
+    assert run.final("late")["eval_count"] == 3
+    assert all(slot.seq is None for slot in engine.slots)
+
+
+def test_cancel_during_prefill(batched: Batched) -> None:
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    long_prompt = "the sea is wide and deep " * 30  # > 64 tokens: several prefill chunks
+    engine.submit("long", GenerateRequest(model="m", prompt=long_prompt, num_predict=4))
+    engine.step()
+    (seq,) = engine.active
+    assert seq.prefilling and seq.n_cached > 0
+    engine.cancel("long")
+    engine.step()
+    assert run.final("long")["done_reason"] == "cancel" and not engine.active
+
+
+def test_a_long_prompt_does_not_stall_running_streams(batched: Batched) -> None:
+    """While a long prompt is prefilled in chunks, the running stream gets a token every step."""
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    engine.submit("running", request(0, num_predict=40))
+    while not run.text("running"):
+        engine.step()
+    long_prompt = "the sea is wide and deep " * 30
+    engine.submit("long", GenerateRequest(model="m", prompt=long_prompt, num_predict=2))
+    engine.step()
+    (running, long) = engine.active
+    assert long.prefilling
+    before = running.n_generated
+    prefill_steps = 0
+    while long.prefilling:
+        engine.step()
+        prefill_steps += 1
+    assert prefill_steps >= 2  # the prompt really took several chunks
+    assert running.n_generated - before == prefill_steps  # and the stream advanced on every one of them
+    drain(engine)
+
+
+def test_prefix_reuse_picks_the_slot_holding_the_conversation(batched: Batched) -> None:
+    """Two conversations, then each one's next turn: it lands in the slot its first turn used and evaluates only
+    the new tokens."""
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    first = [PROMPTS[1], PROMPTS[6]]
+    for i, prompt in enumerate(first):
+        engine.submit(f"t1-{i}", GenerateRequest(model="m", prompt=prompt, num_predict=2, sampling=SETTINGS[0]))
+    drain(engine)
+    held = {tuple(slot.cached[:5]): slot.seq_id for slot in engine.slots if slot.cached}
+    follow = " Tell me more.<end_of_turn>\n<start_of_turn>model\n"
+    for i in (1, 0):  # the other order: placement must follow the cache, not arrival
+        engine.submit(f"t2-{i}", GenerateRequest(model="m", prompt=first[i] + follow, num_predict=2))
+    active = engine.schedule()
+    for seq in active:
+        shared = len(batched.model.tokenize(first[int(seq.id[-1])]))
+        assert seq.slot is not None and seq.slot.seq_id == held[tuple(seq.tokens[:5])]
+        assert shared - 1 <= seq.n_cached < seq.n_prompt  # only the new turn is evaluated
+    drain(engine)
