@@ -42,6 +42,13 @@ class GenerateRequest:
     num_ctx: int | None = None
     num_gpu: int | None = None  # layers to offload: -1 all, 0 none, None the server's gpu_layers setting
     keep_alive: float | None = None  # seconds; negative keeps loaded forever, None uses the default
+    # Structured output: a JSON schema (as JSON text) the output must satisfy, enforced by llama.cpp's grammar
+    # sampler; None: free text. Ollama's format "json" and OpenAI's json_object are JSON_OBJECT_SCHEMA.
+    json_schema: str | None = None
+
+
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+MAX_SCHEMA_BYTES = 64 * 1024  # a bigger schema is refused (400) before it reaches a runner
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 from offload.api.options import ResolvedOptions
 from offload.api.wire import OllamaMessage
 from offload.errors import BadRequest, UnsupportedByModel
-from offload.generation import Chunk, EmbedResult, GenerateRequest
+from offload.generation import JSON_OBJECT_SCHEMA, MAX_SCHEMA_BYTES, Chunk, EmbedResult, GenerateRequest
 from offload.models.gguf import GGUFFile, format_parameter_size
 from offload.models.store import StoredModel
 from offload.models.templates import ChatMessage
@@ -39,11 +39,22 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def check_format(value: Any) -> None:
-    """`format` is accepted ("", "json" or a JSON schema) but not enforced yet; anything else is a 400."""
-    if value is None or (isinstance(value, str) and value in {"", "json"}) or isinstance(value, dict):
-        return
-    raise BadRequest('invalid value for "format": expected "json" or a JSON schema object', param="format")
+def output_schema(value: Any, param: str = "format") -> str | None:
+    """Ollama's `format` as the JSON schema text the output must satisfy: None for free text ("" or absent),
+    JSON_OBJECT_SCHEMA for "json", the schema itself for an object; anything else is a 400."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return JSON_OBJECT_SCHEMA
+    if isinstance(value, dict):
+        text = json.dumps(value, separators=(",", ":"))
+        if len(text) > MAX_SCHEMA_BYTES:
+            raise BadRequest(
+                f'invalid value for "{param}": the JSON schema has {len(text)} bytes, at most {MAX_SCHEMA_BYTES}',
+                param=param,
+            )
+        return text
+    raise BadRequest(f'invalid value for "{param}": expected "json" or a JSON schema object', param=param)
 
 
 def check_no_images(images: Sequence[str] | None, param: str) -> None:
@@ -62,6 +73,7 @@ def generate_request(
     keep_alive: float | None,
     context: Sequence[int] = (),
     return_context: bool = False,
+    json_schema: str | None = None,
 ) -> GenerateRequest:
     return GenerateRequest(
         model=model,
@@ -74,6 +86,7 @@ def generate_request(
         num_ctx=options.num_ctx,
         num_gpu=options.num_gpu,
         keep_alive=keep_alive,
+        json_schema=json_schema,
     )
 
 

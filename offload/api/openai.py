@@ -8,10 +8,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from offload.api.ollama import normalized
+from offload.api.ollama import normalized, output_schema
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIMessage, OpenAISampling
 from offload.errors import BadRequest, UnsupportedByModel
-from offload.generation import Chunk
+from offload.generation import JSON_OBJECT_SCHEMA, Chunk
 from offload.models.store import StoredModel
 from offload.models.templates import ChatMessage
 
@@ -65,15 +65,32 @@ def chat_options(wire: OpenAIChat) -> dict[str, Any]:
         raise BadRequest(
             'invalid value for "logprobs": log probabilities are not supported yet', param="logprobs"
         )
-    if wire.response_format is not None:
-        kind = wire.response_format.get("type")
-        if kind not in {"text", "json_object", "json_schema"}:
-            raise BadRequest(
-                'invalid value for "response_format.type": expected "text", "json_object" or "json_schema"',
-                param="response_format.type",
-            )
     limit = wire.max_completion_tokens if wire.max_completion_tokens is not None else wire.max_tokens
     return options(wire, limit)
+
+
+def response_schema(response_format: dict[str, Any] | None) -> str | None:
+    """OpenAI's `response_format` as the JSON schema text the output must satisfy (None: free text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT_SCHEMA
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest(
+                'invalid value for "response_format.json_schema.schema": expected a JSON schema object',
+                param="response_format.json_schema.schema",
+            )
+        return output_schema(schema, "response_format.json_schema.schema")
+    raise BadRequest(
+        'invalid value for "response_format.type": expected "text", "json_object" or "json_schema"',
+        param="response_format.type",
+    )
 
 
 def completion_options(wire: OpenAICompletion) -> dict[str, Any]:

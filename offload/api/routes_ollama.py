@@ -38,7 +38,7 @@ async def generate(request: Request) -> Response:
     started = time.monotonic()
     state = get_state(request)
     wire = await parse_body(request, OllamaGenerate)
-    ollama.check_format(wire.format)
+    schema = ollama.output_schema(wire.format)
     ollama.check_no_images(wire.images, "images")
     keep_alive = parse_keep_alive(wire.keep_alive)
     stored = await state.resolve(wire.model)
@@ -61,6 +61,7 @@ async def generate(request: Request) -> Response:
         keep_alive=keep_alive,
         context=wire.context or (),
         return_context=not wire.raw,
+        json_schema=schema,
     )
     return await _respond(
         state, request, stored, internal, wire.model, started, stream=wire.stream is not False, chat=False
@@ -72,7 +73,7 @@ async def chat(request: Request) -> Response:
     started = time.monotonic()
     state = get_state(request)
     wire = await parse_body(request, OllamaChat)
-    ollama.check_format(wire.format)
+    schema = ollama.output_schema(wire.format)
     keep_alive = parse_keep_alive(wire.keep_alive)
     stored = await state.resolve(wire.model)
     if not wire.messages:
@@ -82,7 +83,7 @@ async def chat(request: Request) -> Response:
     template = select_template(info, stored.template)
     rendered = render_chat(template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
     opts = resolve_options(stored.parameters, wire.options)
-    internal = ollama.generate_request(str(stored.name), rendered, opts, keep_alive=keep_alive)
+    internal = ollama.generate_request(str(stored.name), rendered, opts, keep_alive=keep_alive, json_schema=schema)
     return await _respond(
         state, request, stored, internal, wire.model, started, stream=wire.stream is not False, chat=True
     )

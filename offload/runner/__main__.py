@@ -109,13 +109,8 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         name = Path(options.model_path).name
         doing = f"loading {name}"
         try:
-            # On the CPU backend no weight repacking: batched requests then decode exactly as they would alone
-            # (llamacpp.Model says why); measured no tg/pp loss on the starter model (docs/BENCHMARKS.md).
             model = llamacpp.Model(
-                options.model_path,
-                options.n_gpu_layers if gpus else 0,
-                tensor_split=options.tensor_split,
-                repack=options.backend != "cpu",
+                options.model_path, options.n_gpu_layers if gpus else 0, tensor_split=options.tensor_split
             )
             n_ctx = _total_context(options.n_ctx, n_seq_max, model.facts.n_ctx_train)
             doing = f"creating a context of {n_ctx} tokens for {name}"

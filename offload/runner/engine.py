@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from offload.errors import ContextLengthExceeded, OffloadError
 from offload.generation import Chunk, DoneReason, EmbedRequest, EmbedResult, GenerateRequest, to_wire
-from offload.runner.llamacpp import BatchPart, Context, Model, Sampler
+from offload.runner.llamacpp import BatchPart, Context, Model, Sampler, schema_grammar
 from offload.runner.protocol import Message
 from offload.runner.textstream import TextStream
 
@@ -244,7 +244,8 @@ class Engine:
                 "shorten it or raise num_ctx", param="messages"
             )
         seed = request.sampling.seed if request.sampling.seed is not None else random.getrandbits(32)
-        sampler = Sampler(request.sampling, self.model.facts.n_vocab, seed)
+        grammar = schema_grammar(request.json_schema) if request.json_schema else None
+        sampler = Sampler(request.sampling, self.model.facts.n_vocab, seed, grammar=grammar, vocab=self.model.vocab)
         stop_tokens = frozenset(t for t in map(self.model.control_token, request.stop) if t is not None)
         return Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop), stop_tokens)
 

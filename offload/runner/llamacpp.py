@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offload.errors import ContextLengthExceeded, RunnerError, RunnerStartFailed
+from offload.errors import BadRequest, ContextLengthExceeded, RunnerError, RunnerStartFailed
 from offload.generation import SamplingOptions
 
 
@@ -158,9 +158,10 @@ class Model:
         entries than this build supports (llama_max_devices()) or an entry is negative or not finite.
 
         `repack` lets llama.cpp repack CPU weights for its batched kernels (its "extra buffer types": CPU_REPACK,
-        AMX). Those kernels sum in another order than the single-token ones, so with repacking a sequence's logits
-        depend on how many other tokens share its batch; without it, a request decoded in a batch of many gives the
-        same tokens as alone."""
+        AMX). Neither setting makes llama.cpp's CPU kernels batch-invariant (docs/BENCHMARKS.md, batching engine):
+        with it, two sequences decoded together diverged from each alone; without it, a prompt's last token
+        evaluated alone (prefix reuse) diverged from the same token in the prompt's batch. The runner keeps
+        llama.cpp's default (on)."""
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
@@ -372,6 +373,17 @@ class Context:
             self.threadpool.close()
 
 
+def schema_grammar(schema: str) -> str:
+    """GBNF for JSON that satisfies `schema` (JSON text), by llama-cpp-python's schema converter (pure Python, a
+    port of llama.cpp's json-schema-to-grammar; loaded without the package __init__, as the bindings are).
+    BadRequest naming what is wrong when the schema is not JSON or uses what the converter cannot express."""
+    converter = importlib.import_module("llama_cpp.llama_grammar")
+    try:
+        return str(converter.json_schema_to_gbnf(schema))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise BadRequest(f"invalid JSON schema for structured output: {exc}", param="format") from exc
+
+
 class Sampler:
     """llama.cpp's native sampler chain for one request's settings.
 
@@ -382,9 +394,19 @@ class Sampler:
     in that set and the result is the same as penalizing the whole vocabulary. Greedy decoding is the case k = 1.
     """
 
-    def __init__(self, options: SamplingOptions, n_vocab: int, seed: int) -> None:
+    def __init__(
+        self, options: SamplingOptions, n_vocab: int, seed: int, *, grammar: str | None = None, vocab: Any = None
+    ) -> None:
+        """`grammar` (GBNF, root rule "root") constrains every token, first in the chain so pruning and sampling
+        only ever see tokens it allows; it needs the model's `vocab`. BadRequest when llama.cpp rejects it."""
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = C.llama_sampler_chain_add
+        if grammar is not None:
+            constraint = C.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not constraint:
+                C.llama_sampler_free(chain)
+                raise BadRequest("llama.cpp could not parse the grammar made from the JSON schema", param="format")
+            add(chain, constraint)
         greedy = options.temperature <= 0
         top_k = 1 if greedy else options.top_k
         last_n = options.repeat_last_n if options.repeat_last_n >= 0 else n_vocab

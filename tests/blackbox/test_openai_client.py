@@ -95,3 +95,32 @@ def test_bad_parameters_are_400(client: openai.OpenAI) -> None:
         )
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=3)
+
+
+def test_json_schema_response_format_gives_json_that_fits(client: openai.OpenAI) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
+        "required": ["colour", "ok"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Pick a colour."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "pick", "schema": schema}},
+        max_tokens=64,
+        seed=3,
+    )
+    value = json.loads(reply.choices[0].message.content or "")
+    assert set(value) == {"colour", "ok"} and value["colour"] in {"red", "green", "blue"}
+    assert isinstance(value["ok"], bool)
+    assert reply.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"response_format": {"type": "yaml"}},  # not a type the client itself would build
+        )
+    assert caught.value.status_code == 400

@@ -124,16 +124,55 @@ def test_generate_request() -> None:
     assert request.keep_alive == 60.0
 
 
-@pytest.mark.parametrize("value", [None, "", "json", {"type": "object"}])
-def test_format_accepted(value: Any) -> None:
-    ollama.check_format(value)
+@pytest.mark.parametrize(
+    ("value", "schema"),
+    [
+        (None, None),
+        ("", None),
+        ("json", '{"type": "object"}'),
+        (
+            {"type": "object", "properties": {"a": {"type": "integer"}}},
+            '{"type":"object","properties":{"a":{"type":"integer"}}}',
+        ),
+    ],
+)
+def test_format_becomes_the_output_schema(value: Any, schema: str | None) -> None:
+    assert ollama.output_schema(value) == schema
 
 
-@pytest.mark.parametrize("value", ["xml", 3, ["json"], True])
+@pytest.mark.parametrize("value", ["xml", 3, ["json"], True, {"enum": ["x" * 70_000]}])
 def test_format_rejected(value: Any) -> None:
     with pytest.raises(BadRequest) as caught:
-        ollama.check_format(value)
+        ollama.output_schema(value)
     assert caught.value.param == "format"
+
+
+@pytest.mark.parametrize(
+    ("response_format", "schema", "param"),
+    [
+        (None, None, None),
+        ({"type": "text"}, None, None),
+        ({"type": "json_object"}, '{"type": "object"}', None),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}},
+            '{"type":"integer"}',
+            None,
+        ),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, None, "response_format.json_schema.schema"),
+        ({"type": "xml"}, None, "response_format.type"),
+    ],
+)
+def test_response_format_becomes_the_output_schema(
+    response_format: dict[str, Any] | None, schema: str | None, param: str | None
+) -> None:
+    from offload.api import openai
+
+    if param is None:
+        assert openai.response_schema(response_format) == schema
+    else:
+        with pytest.raises(BadRequest) as caught:
+            openai.response_schema(response_format)
+        assert caught.value.param == param
 
 
 def test_chat_messages_put_the_model_system_first_unless_given() -> None:

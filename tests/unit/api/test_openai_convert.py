@@ -102,7 +102,6 @@ def test_chat_options_mapping() -> None:
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ],
 )
 def test_chat_options_refused(fields: dict[str, Any], param: str) -> None:
