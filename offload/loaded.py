@@ -69,11 +69,16 @@ class Loaded:
         return Resident(name=name, busy=self.active > 0, last_used=self.idle_since, usage=self.usage)
 
 
+def buffers_by_device(info: LoadedInfo) -> dict[str, int]:
+    """llama.cpp's reported buffer bytes per device (weights, KV, compute together), from the runner's load report."""
+    devices = (info.placement or {}).get("devices", [])
+    return {str(d["name"]): sum(int(b) for b in d["buffers"].values()) for d in devices}
+
+
 def measured_usage(info: LoadedInfo, gpu_overhead: int) -> dict[str, int]:
     """Bytes per device a loaded runner holds: llama.cpp's reported buffers per device, plus the per-process
     overhead on each GPU it uses. With one GPU and NVML's number for the process, that number replaces the sum."""
-    devices = (info.placement or {}).get("devices", [])
-    usage = {str(d["name"]): sum(int(b) for b in d["buffers"].values()) for d in devices}
+    usage = buffers_by_device(info)
     gpus = [name for name, used in usage.items() if used and is_gpu_device(name)]
     for name in gpus:
         usage[name] += gpu_overhead
@@ -88,9 +93,9 @@ def running_model(name: str, entry: Loaded) -> RunningModel:
     """What /api/ps shows of a loaded model: sizes from the runner's load report, not from estimates."""
     info = entry.info
     report = info.placement or {}
-    devices = report.get("devices", [])
-    total = sum(sum(d["buffers"].values()) for d in devices) or info.model_size
-    on_gpu = sum(sum(d["buffers"].values()) for d in devices if is_gpu_device(str(d["name"])))
+    buffers = buffers_by_device(info)
+    total = sum(buffers.values()) or info.model_size
+    on_gpu = sum(used for device, used in buffers.items() if is_gpu_device(device))
     return RunningModel(
         name=name,
         model_digest=entry.model.model_digest,
@@ -102,7 +107,7 @@ def running_model(name: str, entry: Loaded) -> RunningModel:
             "backend": info.backend,
             "layers_on_gpu": info.layers_on_gpu,
             "layers_total": report.get("layers_total") or info.n_layer + 1,
-            "devices": devices,
+            "devices": report.get("devices", []),
             "verified": bool(report.get("verified")),
             "gpu_memory": info.gpu_memory,
             "fallbacks": list(entry.fallbacks),

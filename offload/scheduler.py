@@ -40,11 +40,21 @@ from offload.durations import parse_keep_alive
 from offload.errors import BackendUnusable, OutOfMemory, PlanRefused, ServerBusy
 from offload.eviction import make_room
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
-from offload.loaded import Loaded, Runner, RunningModel, expired, measured_usage, running_model, wanted_context
+from offload.loaded import (
+    Loaded,
+    Runner,
+    RunningModel,
+    buffers_by_device,
+    expired,
+    measured_usage,
+    running_model,
+    wanted_context,
+)
 from offload.models.gguf import read_gguf
 from offload.models.store import StoredModel
 from offload.planner import (
     CPU,
+    DEFAULT_HEADROOM,
     GPU_OVERHEAD,
     DeviceBudget,
     budgets_from,
@@ -69,7 +79,6 @@ log = logging.getLogger("offload.scheduler")
 _REAP_INTERVAL = 1.0
 MIN_AUTO_CTX = 2048  # on "auto" the planner may shrink the context to this before it moves layers off the GPU
 MODELS_PER_DEVICE = 3  # max_loaded_models 0: this many per GPU, or on the CPU
-HEADROOM = 512 * 2**20  # kept free on every device (the planner's default)
 RETRY_AFTER_S = 2  # what a 503 tells the client to wait
 
 RunnerFactory = Callable[[LoadOptions, str, Path | None], Runner]
@@ -326,7 +335,7 @@ class Scheduler:
         primary = self._primary()
         if machine is None or primary is None:
             return {}
-        return {b.name: b.allowed(HEADROOM) for b in self._budgets(machine, primary.backend)}
+        return {b.name: b.allowed(DEFAULT_HEADROOM) for b in self._budgets(machine, primary.backend)}
 
     def _target(self, model: StoredModel, n_ctx: int, num_gpu: int | None, ctx_forced: bool) -> _Target:
         """Plan the load for the primary backend on the machine as if offload held nothing (blocking: reads
@@ -381,33 +390,21 @@ class Scheduler:
             num_ctx_min=n_ctx if ctx_forced else min(MIN_AUTO_CTX, n_ctx),
             num_ctx_max=gguf.context_length,
             n_ubatch=self.settings.num_batch,
-            headroom=HEADROOM,
+            headroom=DEFAULT_HEADROOM,
             num_gpu=forced,
         )
 
     def _layers_forced(self, num_gpu: int | None) -> bool:
         return num_gpu is not None or self.settings.gpu_layers != "auto"
 
-    def _shrunk_plan(
-        self,
-        model: StoredModel,
-        candidate: Candidate,
-        failed: MemoryPlan,
-        error: OutOfMemory,
-        n_ctx: int,
-        ctx_forced: bool,
-    ) -> MemoryPlan:
-        """The retry after an out-of-memory load (blocking): planned against free memory measured now, shrunk by
-        the failed allocation where that memory was there (planner.shrink_after_oom). Raises PlanRefused."""
-        fresh = self._snapshot()
-        budgets = shrink_after_oom(self._budgets(fresh, candidate.backend), failed, error.device, error.requested)
-        # From now on offload may use at most what is free now plus what its own runners hold.
-        for budget in budgets:
+    def _refresh_budget(self, measured: tuple[DeviceBudget, ...]) -> None:
+        """After an out-of-memory load: from now on offload may use at most what is free now (`measured`) plus
+        what its own runners hold."""
+        for budget in measured:
             if budget.name in self._budget:
                 held = sum(entry.usage.get(budget.name, 0) for entry in self._loaded.values())
-                now = dataclasses.replace(budget, limit=None).allowed(HEADROOM) + held
+                now = dataclasses.replace(budget, limit=None).allowed(DEFAULT_HEADROOM) + held
                 self._budget[budget.name] = min(self._budget[budget.name], now)
-        return self._fit(model, candidate, fresh, n_ctx, None, budgets, ctx_forced=ctx_forced) or failed
 
     # ---- starting a runner ---------------------------------------------------------------------------------
     async def _start(self, model: StoredModel, target: _Target, num_gpu: int | None) -> Loaded:
@@ -459,10 +456,16 @@ class Scheduler:
             first = exc
         log.warning("OUT OF MEMORY loading %s on %s: %s; retrying with a smaller plan", model.name,
                     candidate.backend, first.message)
+        # The retry plans against free memory measured now, shrunk by the failed allocation where that memory was
+        # there (planner.shrink_after_oom).
+        fresh = await asyncio.to_thread(self._snapshot)
+        measured = self._budgets(fresh, candidate.backend)
+        self._refresh_budget(measured)
+        budgets = shrink_after_oom(measured, memory_plan, first.device, first.requested)
+        forced_ctx = target.ctx_forced
+        replan = functools.partial(self._fit, model, candidate, fresh, n_ctx, None, budgets, ctx_forced=forced_ctx)
         try:
-            smaller = await asyncio.to_thread(
-                self._shrunk_plan, model, candidate, memory_plan, first, n_ctx, target.ctx_forced
-            )
+            smaller = await asyncio.to_thread(replan) or memory_plan
         except PlanRefused as refused:
             raise OutOfMemory(f"{first.message}; and no smaller plan fits: {refused.message}",
                               device=first.device, requested=first.requested) from refused
@@ -510,16 +513,13 @@ class Scheduler:
         overhead = self._learn_overhead(candidate.backend, info)
         if memory_plan is not None:
             self._log_accuracy(model, memory_plan, info)
-        entry = self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks))
-        entry.usage = measured_usage(info, overhead)
-        return entry
+        usage = measured_usage(info, overhead)
+        return self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks), usage)
 
     def _learn_overhead(self, backend: str, info: LoadedInfo) -> int:
         """A GPU runner's overhead beyond its buffers, from NVML: remembered per backend for later plans."""
         default = self._gpu_overhead.get(backend, GPU_OVERHEAD.get(backend, 0))
-        devices = (info.placement or {}).get("devices", [])
-        gpu_buffers = [int(sum(d["buffers"].values())) for d in devices if is_gpu_device(str(d["name"]))]
-        used = [b for b in gpu_buffers if b]
+        used = [b for device, b in buffers_by_device(info).items() if b and is_gpu_device(device)]
         if info.gpu_memory is None or len(used) != 1:
             return default
         measured = info.gpu_memory - used[0]
@@ -532,8 +532,8 @@ class Scheduler:
         return default
 
     def _log_accuracy(self, model: StoredModel, memory_plan: MemoryPlan, info: LoadedInfo) -> None:
-        measured = {d["name"]: sum(d["buffers"].values()) for d in (info.placement or {}).get("devices", [])}
-        ratios = ", ".join(f"{name} {ratio:.3f}" for name, ratio in compare(memory_plan, measured).items())
+        measured = compare(memory_plan, buffers_by_device(info))
+        ratios = ", ".join(f"{name} {ratio:.3f}" for name, ratio in measured.items())
         nvml = ""
         if info.gpu_memory is not None and gpu_total(memory_plan):
             nvml = f"; GPU process memory (NVML) {info.gpu_memory / gpu_total(memory_plan):.3f}"
@@ -548,6 +548,7 @@ class Scheduler:
         num_gpu: int | None,
         layers_asked: int,
         fallbacks: tuple[str, ...],
+        usage: Mapping[str, int],
     ) -> Loaded:
         warning = None
         if layers_asked and info.layers_on_gpu == 0:
@@ -570,7 +571,7 @@ class Scheduler:
             info=info,
             keep_alive=self._default_keep_alive,
             n_ctx=min(n_ctx, trained) if trained else n_ctx,
-            usage={},
+            usage=usage,
             num_gpu=num_gpu,
             fallbacks=fallbacks,
             warning=warning,

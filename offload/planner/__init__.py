@@ -7,6 +7,7 @@ from __future__ import annotations
 from offload.errors import PlanRefused
 from offload.planner.fit import (
     CPU,
+    DEFAULT_HEADROOM,
     GPU_OVERHEAD,
     DeviceBudget,
     DeviceUsage,
@@ -34,6 +35,7 @@ from offload.planner.memory import (
 
 __all__ = [
     "CPU",
+    "DEFAULT_HEADROOM",
     "GPU_OVERHEAD",
     "KV_BYTES_PER_ELEMENT",
     "DeviceBudget",

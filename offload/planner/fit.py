@@ -34,6 +34,7 @@ CPU = "CPU"  # llama.cpp's name for host memory in its buffer reports
 # llama.cpp's device names per offload library (what its load report prints, so compare() can match them).
 # Uncertain for Metal: older builds print "Metal", newer "MTL0".
 DEVICE_PREFIX: Mapping[str, str] = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "metal": "MTL"}
+DEFAULT_HEADROOM = 512 * MIB  # kept free on every device unless the caller says otherwise
 # With only part of the layers on the GPUs, llama.cpp's GPU compute buffer grows by an amount the model above does
 # not capture: measured +23.0 MiB at 26/33 layers of llama 8B (n_ctx 2560) and +4.5 MiB at 10/33 (n_ctx 2048) on an
 # H200. Until that is modelled, a partially offloaded GPU is given 1% of its weights and KV more (36 and 14 MiB
@@ -234,7 +235,7 @@ def usage_of(
     n_ctx: int,
     parallel: int = 1,
     kv_type: str = "f16",
-    headroom: int = 512 * MIB,
+    headroom: int = DEFAULT_HEADROOM,
     flash_attn: bool = True,
     n_ubatch: int = 512,
 ) -> dict[str, DeviceUsage]:
@@ -283,7 +284,7 @@ def plan(
     n_ctx: int,
     parallel: int = 1,
     kv_type: str = "f16",
-    headroom: int = 512 * MIB,
+    headroom: int = DEFAULT_HEADROOM,
     num_gpu: int | None = None,
     num_ctx_min: int = 2048,
     num_ctx_max: int | None = None,

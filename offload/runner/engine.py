@@ -146,10 +146,10 @@ class Engine:
             parts.append(BatchPart(seq.tokens[seq.n_cached :], seq.n_cached, self._seq_id(seq), output=True))
             stepped.append(seq)
             budget -= 1
-        for seq in active:
+        for seq in active:  # a decoding sequence is past its prompt: only prefilling ones take chunks
             if budget <= 0:
                 break
-            if not seq.prefilling or seq.next_token is not None or seq in stepped:
+            if not seq.prefilling:
                 continue
             chunk = seq.tokens[seq.n_cached : seq.n_cached + budget]
             done = seq.n_cached + len(chunk) >= seq.n_prompt
@@ -251,8 +251,8 @@ class Engine:
 
     def _place(self, seq: Sequence, free: list[Slot]) -> None:
         """Put `seq` in the free slot whose cache shares the longest prefix with its prompt, and keep that prefix."""
-        slot = max(free, key=lambda s: (common_prefix(s.cached, seq.tokens), -s.seq_id))
-        common = min(common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)  # the last one gives logits
+        shared, slot = max(((common_prefix(s.cached, seq.tokens), s) for s in free), key=lambda c: (c[0], -c[1].seq_id))
+        common = min(shared, len(seq.tokens) - 1)  # the last prompt token is evaluated again: it gives the logits
         if common == 0 or not self.context.forget(slot.seq_id, common):
             self.context.forget(slot.seq_id, 0)
             common = 0

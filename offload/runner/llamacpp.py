@@ -302,27 +302,12 @@ class Context:
 
     def decode(self, tokens: list[int], start_pos: int, seq_id: int = 0, *, all_outputs: bool = False) -> None:
         """Evaluate `tokens` at positions start_pos.. in one sequence; the last token (or all) produce output."""
-        batch = self._batch
-        n = len(tokens)
-        if n > self.n_batch:
-            raise RunnerError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = start_pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq_id
-            batch.logits[i] = all_outputs
-        batch.logits[n - 1] = True
-        batch.n_tokens = n
-        status = int(C.llama_decode(self.handle, batch))
-        if status == 1:
-            raise ContextLengthExceeded("no room left in the KV cache for this sequence")
-        if status != 0:
-            raise RunnerError(f"llama_decode failed with status {status}")
+        self.decode_parts([BatchPart(tokens, start_pos, seq_id, output=True)], all_outputs=all_outputs)
 
-    def decode_parts(self, parts: list[BatchPart]) -> list[int | None]:
+    def decode_parts(self, parts: list[BatchPart], *, all_outputs: bool = False) -> list[int | None]:
         """Evaluate several sequences' tokens in one llama_decode; per part, the batch row of its output (for
-        sampling) or None. The parts together must fit n_batch."""
+        sampling) or None. The parts together must fit n_batch. `all_outputs`: every token produces output (for
+        pooled embeddings)."""
         total = sum(len(part.tokens) for part in parts)
         if total > self.n_batch or total == 0:
             raise RunnerError(f"batch of {total} tokens does not fit n_batch {self.n_batch}")
@@ -336,7 +321,7 @@ class Context:
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq_id
-                batch.logits[i] = False
+                batch.logits[i] = all_outputs
                 pos += 1
                 i += 1
             if part.output:
