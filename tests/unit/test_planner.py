@@ -593,3 +593,60 @@ def test_partial_offload_is_not_underestimated() -> None:
     predicted, measured = p.usage["CUDA0"].buffers, report.bytes_on("CUDA0")
     assert measured <= predicted <= 1.015 * measured, (predicted / MIB, measured / MIB)
     assert abs(p.usage["CUDA0"].kv - report.buffers["CUDA0"]["KV"]) < 0.1 * MIB
+
+
+# ---------------------------------------------------------------- every architecture on every machine shape
+
+
+@pytest.fixture(scope="module")
+def architectures(gemma3: GGUFFile, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    moe = read_gguf(_write_moe(tmp_path_factory.mktemp("moe") / "moe.gguf", n_layer=8, n_embd=256, n_ff_exp=512))
+    return {"llama 1B": MEMORY_1B, "gemma3 270M (SWA)": model_memory(gemma3), "qwen3moe (MoE)": model_memory(moe)}
+
+
+@pytest.mark.parametrize("arch", ["llama 1B", "gemma3 270M (SWA)", "qwen3moe (MoE)"])
+@pytest.mark.parametrize(
+    "shape", ["one roomy GPU", "one GPU for half", "two unequal GPUs", "CPU only", "Apple unified"]
+)
+def test_every_architecture_on_every_machine_shape(architectures: dict[str, Any], arch: str, shape: str) -> None:
+    """Budgets sized from what the model needs on one GPU, so every shape bites: the plan fits its budgets,
+    accounts for every layer once, and puts layers where the shape says."""
+    memory = architectures[arch]
+    headroom = 64 * MIB
+    whole = plan(memory, [DeviceBudget("CUDA0", 1 << 40), DeviceBudget(CPU, 1 << 40)], n_ctx=2048, headroom=headroom)
+    gpu_need = whole.usage["CUDA0"].total
+    roomy = 64 * GIB
+    devices = {
+        "one roomy GPU": [DeviceBudget("CUDA0", gpu_need + headroom), DeviceBudget(CPU, roomy)],
+        "one GPU for half": [DeviceBudget("CUDA0", gpu_need // 2 + headroom), DeviceBudget(CPU, roomy)],
+        "two unequal GPUs": [
+            DeviceBudget("CUDA0", gpu_need * 2 // 3 + headroom),
+            DeviceBudget("CUDA1", gpu_need // 2 + headroom),
+            DeviceBudget(CPU, roomy),
+        ],
+        "CPU only": [DeviceBudget(CPU, roomy)],
+        "Apple unified": [DeviceBudget("MTL0", roomy, unified=True), DeviceBudget(CPU, roomy)],
+    }[shape]
+    p = plan(memory, devices, n_ctx=2048, num_ctx_min=2048, headroom=headroom)
+    assert sum(p.layers_per_device.values()) == memory.layers_total
+    unified = sum(p.usage[d.name].total for d in devices if d.unified)
+    for d in devices:
+        assert p.usage[d.name].total + (unified if d.is_cpu else 0) <= d.allowed(headroom), (d.name, p.reason)
+    on_gpu = {name: n for name, n in p.layers_per_device.items() if name != CPU}
+    if shape in {"one roomy GPU", "Apple unified"}:
+        assert p.n_gpu_layers == memory.layers_total
+    elif shape == "one GPU for half":
+        assert p.n_gpu_layers < memory.layers_total
+        # gemma3's output layer goes first and is most of the model (262k-token tied embeddings, 512 MiB of
+        # logits per micro-batch): half the GPU cannot hold it, so nothing goes; the others get some layers.
+        assert (p.n_gpu_layers == 0) == arch.startswith("gemma3"), p.reason
+    elif shape == "two unequal GPUs":
+        # 7/6 of the one-GPU need, but each GPU holds its own compute buffer: both get layers, the larger more
+        # (gemma3: its output layer and logits buffer alone are over 2/3 of its need, so neither GPU can start).
+        if arch.startswith("gemma3"):
+            assert p.n_gpu_layers == 0 and p.tensor_split == (0.0, 0.0), p.reason
+        else:
+            assert on_gpu["CUDA0"] > 0 and on_gpu["CUDA1"] > 0, (dict(p.layers_per_device), p.reason)
+            assert p.tensor_split[0] > p.tensor_split[1]
+    else:
+        assert p.n_gpu_layers == 0 and not on_gpu
