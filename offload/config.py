@@ -91,6 +91,14 @@ class Settings(BaseSettings):
         "with it. Requests beyond the slots wait in the model's queue.",
         json_schema_extra=_key("llm.num_parallel"),
     )
+    batch_invariant: bool = Field(
+        False,
+        description="Give every request exactly the tokens it would get alone (same seed, same output), however "
+        "many others are decoded beside it. Guaranteed on the CPU: weight repacking, llama.cpp's tiled K-quant "
+        "matmul and flash attention are turned off and prompts are evaluated in batch-independent shapes, which "
+        "costs speed (docs/BENCHMARKS.md). GPU kernels still depend on the batch.",
+        json_schema_extra=_key("llm.batch_invariant"),
+    )
     gpu_memory_limit: ByteSize | None = Field(
         None,
         description="Most memory offload's runners may use on each GPU together, CUDA context included (e.g. "

@@ -357,6 +357,7 @@ class Scheduler:
             n_ctx=n_ctx,
             parallel=self.settings.num_parallel,
             n_ubatch=self.settings.num_batch,
+            flash_attn=not self.settings.batch_invariant,
         )
         return _Target(
             n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need={name: use.total for name, use in usage.items()}
@@ -390,6 +391,7 @@ class Scheduler:
             num_ctx_min=n_ctx if ctx_forced else min(MIN_AUTO_CTX, n_ctx),
             num_ctx_max=gguf.context_length,
             n_ubatch=self.settings.num_batch,
+            flash_attn=not self.settings.batch_invariant,
             headroom=DEFAULT_HEADROOM,
             num_gpu=forced,
         )
@@ -507,6 +509,7 @@ class Scheduler:
             n_seq_max=parallel,
             backend=candidate.backend,
             tensor_split=split,
+            batch_invariant=self.settings.batch_invariant,
         )
         runner = self._factory(options, model.name.display, candidate.library_path)
         info = await runner.start(self.settings.runner_start_timeout)

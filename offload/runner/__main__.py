@@ -95,6 +95,11 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         raise BackendUnusable(f"llama.cpp did not load: {exc}") from exc
     threads = options.n_threads or physical_cores()
     n_seq_max = max(1, options.n_seq_max)
+    invariant = options.batch_invariant
+    if invariant:
+        # ggml-cpu's tiled K-quant matmul takes over from 8 rows on, so a row's sum depends on how many rows are
+        # beside it; off, every row goes through the same dot product. Read once, at the first matmul.
+        os.environ["GGML_CPU_TILED_MM"] = "0"
     failure: RunnerStartFailed | None = None
     with _captured_stderr() as load_log:
         llamacpp.C.llama_backend_init()
@@ -110,12 +115,20 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         doing = f"loading {name}"
         try:
             model = llamacpp.Model(
-                options.model_path, options.n_gpu_layers if gpus else 0, tensor_split=options.tensor_split
+                options.model_path,
+                options.n_gpu_layers if gpus else 0,
+                tensor_split=options.tensor_split,
+                repack=not invariant,
             )
             n_ctx = _total_context(options.n_ctx, n_seq_max, model.facts.n_ctx_train)
             doing = f"creating a context of {n_ctx} tokens for {name}"
             context = llamacpp.Context(
-                model, n_ctx=n_ctx, n_batch=options.n_batch, n_threads=threads, n_seq_max=n_seq_max
+                model,
+                n_ctx=n_ctx,
+                n_batch=options.n_batch,
+                n_threads=threads,
+                n_seq_max=n_seq_max,
+                flash_attn=not invariant,
             )
         except ValueError as exc:
             failure = RunnerStartFailed(f"bad load options while {doing}: {exc}")
@@ -142,7 +155,7 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         gpu_memory=process_gpu_memory(os.getpid()) if gpus else None,
         n_seq_max=n_seq_max,
     )
-    return Engine(model, context, emit, n_threads=threads), info
+    return Engine(model, context, emit, n_threads=threads, invariant=invariant), info
 
 
 def _total_context(n_ctx: int, n_seq_max: int, n_ctx_train: int) -> int:

@@ -8,6 +8,13 @@ from its own output row and turns it into chunks. So a request joins at the next
 a long prompt delays the other streams by at most one chunk per step. A request's limit is the context's
 n_ctx_seq, the cells of its slot.
 
+Batch invariance (`invariant`, config batch_invariant): a request gets the same tokens whatever is decoded beside
+it. The runner turns off the CPU kernels whose sums depend on the batch (runner/__main__.py); what is left depends
+only on the kind of evaluation a token gets: a generated token is always evaluated as one token of its sequence,
+and a prompt token always in a chunk of at least two of its own. So decode tokens and each prompt chunk go to
+llama_decode separately (in one call llama.cpp would cut a chunk to match the other sequences' one token), a
+chunk never leaves a one-token rest, and prefix reuse evaluates at least the prompt's last two tokens again.
+
 Prefix reuse: each slot remembers the tokens its KV cache holds; a new request takes the free slot whose cache
 shares the longest prefix with its prompt (a chat's next turn lands where its last turn was) and evaluates only
 the rest.
@@ -74,11 +81,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Engine:
-    def __init__(self, model: Model, context: Context, emit: Emit, *, n_threads: int) -> None:
+    def __init__(
+        self, model: Model, context: Context, emit: Emit, *, n_threads: int, invariant: bool = False
+    ) -> None:
         self.model = model
         self.context = context
         self.emit = emit
         self.n_threads = n_threads
+        self.invariant = invariant
         self.waiting: deque[tuple[str, GenerateRequest]] = deque()
         self.slots = [Slot(seq_id) for seq_id in range(context.n_seq_max)]
         self.active: list[Sequence] = []  # in arrival order: prefill chunks are handed out in this order
@@ -130,11 +140,11 @@ class Engine:
         return self.active
 
     def run(self, active: list[Sequence]) -> list[tuple[Sequence, int]]:
-        """One llama_decode over every sequence that has work; (sequence, sampled token) for each that got one."""
+        """Evaluate every sequence that has work (one llama_decode, or in invariant mode one for the decode tokens
+        and one per prompt chunk); (sequence, sampled token) for each that got one."""
         ctx = self.context
         budget = ctx.n_batch
-        parts: list[BatchPart] = []
-        stepped: list[Sequence] = []
+        decodes: list[tuple[Sequence, BatchPart]] = []
         for seq in list(active):
             if seq.next_token is None:
                 continue
@@ -143,29 +153,48 @@ class Engine:
                 continue
             seq.tokens.append(seq.next_token)
             seq.next_token = None
-            parts.append(BatchPart(seq.tokens[seq.n_cached :], seq.n_cached, self._seq_id(seq), output=True))
-            stepped.append(seq)
+            decodes.append((seq, BatchPart(seq.tokens[seq.n_cached :], seq.n_cached, self._seq_id(seq), output=True)))
             budget -= 1
+        prefills: list[tuple[Sequence, BatchPart]] = []
         for seq in active:  # a decoding sequence is past its prompt: only prefilling ones take chunks
-            if budget <= 0:
-                break
             if not seq.prefilling:
                 continue
-            chunk = seq.tokens[seq.n_cached : seq.n_cached + budget]
-            done = seq.n_cached + len(chunk) >= seq.n_prompt
-            parts.append(BatchPart(chunk, seq.n_cached, self._seq_id(seq), output=done))
-            stepped.append(seq)
-            budget -= len(chunk)
-        if not parts:
-            return []
+            take = self._chunk_size(seq, budget)
+            if take == 0:
+                break
+            chunk = seq.tokens[seq.n_cached : seq.n_cached + take]
+            done = seq.n_cached + take >= seq.n_prompt
+            prefills.append((seq, BatchPart(chunk, seq.n_cached, self._seq_id(seq), output=done)))
+            budget -= take
+        calls = [decodes, *([p] for p in prefills)] if self.invariant else [decodes + prefills]
+        sampled: list[tuple[Sequence, int]] = []
+        for call in calls:
+            if call:
+                sampled += self._evaluate(call)
+        return sampled
+
+    def _chunk_size(self, seq: Sequence, budget: int) -> int:
+        """Prompt tokens of `seq` to evaluate this step, within `budget` (0: none fit). Invariant mode never
+        evaluates a lone prompt token, unless the prompt is a single token (it is then always evaluated so)."""
+        left = seq.n_prompt - seq.n_cached
+        take = min(budget, left)
+        if self.invariant and left > 1:
+            if left - take == 1:
+                take -= 1
+            if take < 2:
+                return 0
+        return max(take, 0)
+
+    def _evaluate(self, call: list[tuple[Sequence, BatchPart]]) -> list[tuple[Sequence, int]]:
+        ctx = self.context
         try:
-            rows = ctx.decode_parts(parts)
+            rows = ctx.decode_parts([part for _, part in call])
         except OffloadError as exc:
-            for seq in stepped:
+            for seq, _ in call:
                 self.fail(seq, exc)
             return []
         sampled: list[tuple[Sequence, int]] = []
-        for seq, part, row in zip(stepped, parts, rows, strict=True):
+        for (seq, part), row in zip(call, rows, strict=True):
             seq.n_cached += len(part.tokens)
             if row is None:
                 continue
@@ -252,7 +281,8 @@ class Engine:
     def _place(self, seq: Sequence, free: list[Slot]) -> None:
         """Put `seq` in the free slot whose cache shares the longest prefix with its prompt, and keep that prefix."""
         shared, slot = max(((common_prefix(s.cached, seq.tokens), s) for s in free), key=lambda c: (c[0], -c[1].seq_id))
-        common = min(shared, len(seq.tokens) - 1)  # the last prompt token is evaluated again: it gives the logits
+        # The last prompt token is evaluated again: it gives the logits (in invariant mode the last two, see above).
+        common = max(0, min(shared, len(seq.tokens) - (2 if self.invariant else 1)))
         if common == 0 or not self.context.forget(slot.seq_id, common):
             self.context.forget(slot.seq_id, 0)
             common = 0

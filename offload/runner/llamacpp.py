@@ -158,10 +158,8 @@ class Model:
         entries than this build supports (llama_max_devices()) or an entry is negative or not finite.
 
         `repack` lets llama.cpp repack CPU weights for its batched kernels (its "extra buffer types": CPU_REPACK,
-        AMX). Neither setting makes llama.cpp's CPU kernels batch-invariant (docs/BENCHMARKS.md, batching engine):
-        with it, two sequences decoded together diverged from each alone; without it, a prompt's last token
-        evaluated alone (prefix reuse) diverged from the same token in the prompt's batch. The runner keeps
-        llama.cpp's default (on)."""
+        AMX), which sum a row differently when it is in a group of 4 than alone: batch-invariant mode turns it off
+        (engine.py, docs/BENCHMARKS.md)."""
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
@@ -269,7 +267,10 @@ class Context:
         n_seq_max: int = 1,
         embeddings: bool = False,
         pooling: int = -1,
+        flash_attn: bool = True,
     ) -> None:
+        """`flash_attn` False turns flash attention off; True leaves llama.cpp's choice (on where the backend has
+        it)."""
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -280,6 +281,8 @@ class Context:
         params.embeddings = embeddings
         params.pooling_type = pooling
         params.no_perf = True
+        if not flash_attn:
+            params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         handle = C.llama_init_from_model(model.handle, params)
         if not handle:
             raise RunnerStartFailed(f"llama.cpp could not create a context of {n_ctx} tokens")

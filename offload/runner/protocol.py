@@ -49,6 +49,8 @@ class LoadOptions:
     backend: str = "cpu"  # what the server chose; the runner exits 78 if its llama.cpp build cannot do it
     # Fraction of the offloaded model per GPU, in llama.cpp's device order; empty: llama.cpp's own split.
     tensor_split: tuple[float, ...] = ()
+    # Same output for a request whatever else is batched with it (config batch_invariant): see engine.py.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True, slots=True)
