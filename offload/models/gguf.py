@@ -4,6 +4,10 @@ Written by hand on the struct module because the `gguf` package memory-maps the 
 counts. Here every count and length is checked against `GGUFLimits` and against the bytes left in the
 file *before* anything is allocated, so a hostile file fails fast with `InvalidGGUF` instead of eating
 memory. `read_gguf` raises nothing but `InvalidGGUF`. Tensor data is never read.
+
+Beyond the layout, it refuses what llama.cpp refuses or would misread (nested arrays, tensor names of 64
+bytes or more, tokenizer arrays of the wrong type or length), so a file that passes here does not first
+fail, or read out of bounds, inside a runner. tests/security/ holds the hostile cases and a fuzz target.
 """
 
 from __future__ import annotations
@@ -32,16 +36,23 @@ INT64_MAX = (1 << 63) - 1
 @dataclass(frozen=True, slots=True)
 class GGUFLimits:
     """Caps on what one file may declare. The defaults accept real models (262144-token vocabularies with
-    scores and merges, multi-thousand-tensor MoE models) and reject absurd declarations cheaply."""
+    scores and half a million merges, multi-thousand-tensor MoE models) and reject absurd declarations cheaply.
+
+    Bytes read are bounded by max_metadata_bytes plus the tensor table plus one 1 MiB read window, whatever
+    the file's size. Memory by max_metadata_memory: an upper estimate of the Python objects the values become
+    (one byte on disk can become a 36-byte int), charged before they are allocated.
+    """
 
     max_tensors: int = 1 << 16
     max_kv: int = 1 << 16
     max_string_bytes: int = 1 << 24  # one string: chat templates are KiBs, this is 16 MiB
     max_array_length: int = 1 << 24
-    max_array_depth: int = 2  # an array of arrays, no deeper
-    # All key/value bytes together. A 262k-token vocabulary with scores and types is ~8 MiB on disk.
-    max_metadata_bytes: int = 1 << 27
-    max_tensor_name_bytes: int = 256
+    max_array_depth: int = 1  # llama.cpp refuses arrays of arrays
+    # All key/value bytes together, and their estimated memory. The largest seen, gemma-4's 262144 tokens with
+    # scores, types and 514906 merges, is 15 MiB on disk, 79 MiB as Python objects, estimated at 116 MiB.
+    max_metadata_bytes: int = 1 << 26
+    max_metadata_memory: int = 1 << 29
+    max_tensor_name_bytes: int = 63  # llama.cpp's GGML_MAX_NAME is 64 with the terminating NUL
     max_alignment: int = 1 << 20
 
 
@@ -94,6 +105,12 @@ _SCALAR_FORMATS: Mapping[int, str] = MappingProxyType(
 )
 _U64 = struct.Struct("<Q")
 _INTEGER_TYPES = frozenset({_UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _UINT64, _INT64})
+_TOKENS = "tokenizer.ggml.tokens"
+_MAX_VOCAB = 1 << 24
+# Memory estimates, in bytes (64-bit CPython): a tuple or dict slot (8) plus the largest object of its kind.
+_NUMBER_COST = 8 + 36  # an int below 2**64 takes at most 36 bytes, a float 24
+_STRING_COST = 8 + 80  # the header of a non-ASCII str
+_CHAR_COST = 4  # per UTF-8 byte: one byte can become one 4-byte character (a str holding an emoji)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,12 +252,22 @@ class _Reader:
         size = struct.calcsize(fmt)
         return struct.unpack(fmt, self.take(size, what))[0]
 
-    def string(self, limit: int, what: str) -> str:
-        n = self.unpack("<Q", what)
+    def length(self, limit: int, what: str) -> int:
+        """The u64 length of a string, at most `limit`."""
+        n: int = self.unpack("<Q", what)
         if n > limit:
             raise InvalidGGUF(f"{what}: string of {n} bytes exceeds the limit of {limit}")
-        return self.take(n, what).decode("utf-8")
+        return n
 
+    def text(self, n: int, what: str) -> str:
+        start = self.pos
+        try:
+            return self.take(n, what).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidGGUF(f"{what}: the string at offset {start} is not valid UTF-8 (byte {exc.start})") from None
+
+    def string(self, limit: int, what: str) -> str:
+        return self.text(self.length(limit, what), what)
 
     def strings(self, count: int, limit: int, what: str) -> tuple[str, ...]:
         """`count` strings; a fast path for vocabularies that parses straight out of the window buffer."""
@@ -253,9 +280,13 @@ class _Reader:
                 n = u64(buf, i)[0]
                 end = i + 8 + n
                 if n <= limit and end <= len(buf):
-                    append(buf[i + 8 : end].decode("utf-8"))
-                    self._i = end
-                    continue
+                    try:
+                        append(buf[i + 8 : end].decode("utf-8"))
+                    except UnicodeDecodeError:
+                        pass  # the slow path below reports it, with the offset
+                    else:
+                        self._i = end
+                        continue
             append(self.string(limit, what))  # slow path: refill, limits and error messages
         return tuple(out)
 
@@ -265,13 +296,28 @@ class _Parser:
         self.r = reader
         self.limits = limits
         self.types: dict[str, tuple[int, int | None]] = {}  # key -> (value type, array element type)
+        self.memory = 0  # estimated bytes of the values read so far
+
+    def charge(self, amount: int, key: str) -> None:
+        """Count `amount` bytes against max_metadata_memory, before allocating them."""
+        self.memory += amount
+        if self.memory > self.limits.max_metadata_memory:
+            raise InvalidGGUF(
+                f"metadata {key!r}: the values need more than {self.limits.max_metadata_memory} bytes of memory"
+            )
+
+    def string(self, limit: int, key: str, what: str) -> str:
+        n = self.r.length(limit, what)
+        self.charge(_STRING_COST + _CHAR_COST * n, key)
+        return self.r.text(n, what)
 
     def value(self, vtype: int, key: str, depth: int) -> Any:
         fmt = _SCALAR_FORMATS.get(vtype)
         if fmt is not None:
+            self.charge(_NUMBER_COST, key)
             return self.r.unpack(fmt, key)
         if vtype == _STRING:
-            return self.r.string(self.limits.max_string_bytes, key)
+            return self.string(self.limits.max_string_bytes, key, key)
         if vtype == _ARRAY:
             return self.array(key, depth + 1)[1]
         raise InvalidGGUF(f"metadata {key!r}: unknown value type {vtype}")
@@ -279,7 +325,10 @@ class _Parser:
     def array(self, key: str, depth: int) -> tuple[int, tuple[Any, ...]]:
         """Returns (element type, elements)."""
         if depth > self.limits.max_array_depth:
-            raise InvalidGGUF(f"metadata {key!r}: arrays nested deeper than {self.limits.max_array_depth}")
+            raise InvalidGGUF(
+                f"metadata {key!r}: arrays nested {depth} deep, more than {self.limits.max_array_depth} "
+                "(llama.cpp reads no arrays of arrays)"
+            )
         etype = self.r.unpack("<I", key)
         count = self.r.unpack("<Q", key)
         if count > self.limits.max_array_length:
@@ -290,22 +339,33 @@ class _Parser:
         if fmt is not None:
             # One bounded read for the whole array; take() rejects a count the file cannot hold.
             data = self.r.take(count * struct.calcsize(fmt), key)
+            self.charge(count * _NUMBER_COST, key)
             return etype, struct.unpack(f"<{count}{fmt[1]}", data)
         if etype not in (_STRING, _ARRAY):
             raise InvalidGGUF(f"metadata {key!r}: unknown array element type {etype}")
         # Each string needs its 8-byte length, each inner array 12 bytes of header: check before looping.
         smallest = 8 if etype == _STRING else 12
-        if count * smallest > self.r.limit - self.r.pos:
+        room = self.r.limit - self.r.pos
+        if count * smallest > room:
             raise InvalidGGUF(f"metadata {key!r}: {count} array elements run past end of file")
-        if etype == _STRING:
-            return etype, self.r.strings(count, self.limits.max_string_bytes, key)
-        return etype, tuple(self.value(etype, key, depth) for _ in range(count))
+        if etype == _ARRAY:
+            self.charge(count * 8, key)  # the slots; each inner array charges for itself
+            return etype, tuple(self.value(etype, key, depth) for _ in range(count))
+        # The characters are charged for all the bytes the strings could take, then refunded what they did not.
+        reserved = _CHAR_COST * (room - 8 * count)
+        self.charge(count * _STRING_COST + reserved, key)
+        start = self.r.pos
+        strings = self.r.strings(count, self.limits.max_string_bytes, key)
+        self.memory -= reserved - _CHAR_COST * (self.r.pos - start - 8 * count)
+        return etype, strings
 
     def metadata(self, n_kv: int) -> dict[str, Any]:
         self.r.limit = min(self.r.size, self.r.pos + self.limits.max_metadata_bytes)
         out: dict[str, Any] = {}
         for _ in range(n_kv):
-            key = self.r.string(1 << 16, "metadata key")
+            key = self.string(1 << 16, "metadata key", "metadata key")
+            if not key:
+                raise InvalidGGUF(f"metadata key #{len(out)} is empty")
             if key in out:
                 raise InvalidGGUF(f"metadata key {key!r} appears twice")
             vtype = self.r.unpack("<I", key)
@@ -347,11 +407,42 @@ def _check_types(metadata: Mapping[str, Any], types: Mapping[str, tuple[int, int
         require(key, _INTEGER_TYPES, "an integer")
     arch = metadata.get("general.architecture")
     if isinstance(arch, str):
-        for suffix in ("context_length", "block_count", "embedding_length"):
+        for suffix in ("context_length", "block_count", "embedding_length", "vocab_size"):
             require(f"{arch}.{suffix}", _INTEGER_TYPES, "an integer")
-    tokens = types.get("tokenizer.ggml.tokens")
-    if tokens is not None and tokens != (_ARRAY, _STRING):
-        raise InvalidGGUF("metadata 'tokenizer.ggml.tokens' must be an array of strings")
+    _check_vocabulary(metadata, types)
+
+
+def _check_vocabulary(metadata: Mapping[str, Any], types: Mapping[str, tuple[int, int | None]]) -> None:
+    """llama.cpp indexes scores and token types by token id and casts their data to float/int32 arrays: a
+    shorter or differently typed array is an out-of-bounds read there. A longer one means the arrays do not
+    belong together (converters write them in one loop), so any length but the token count is refused."""
+
+    def require_array(key: str, allowed: frozenset[int], expected: str) -> None:
+        if key in types and (types[key][0] != _ARRAY or types[key][1] not in allowed):
+            raise InvalidGGUF(f"metadata {key!r} must be an array of {expected}")
+
+    require_array(_TOKENS, frozenset({_STRING}), "strings")
+    require_array("tokenizer.ggml.merges", frozenset({_STRING}), "strings")
+    require_array("tokenizer.ggml.scores", frozenset({_FLOAT32, _INT32}), "float32 (or int32)")
+    require_array("tokenizer.ggml.token_type", frozenset({_INT32}), "int32")
+    tokens = metadata.get(_TOKENS)
+    n_tokens = len(tokens) if isinstance(tokens, tuple) else None
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        if key not in metadata:
+            continue
+        if n_tokens is None:
+            raise InvalidGGUF(f"metadata {key!r} is present without {_TOKENS!r}")
+        if len(metadata[key]) != n_tokens:
+            raise InvalidGGUF(f"metadata {key!r} has {len(metadata[key])} entries for {n_tokens} tokens")
+    arch = metadata.get("general.architecture")
+    vocab_size = metadata.get(f"{arch}.vocab_size") if isinstance(arch, str) else None
+    if vocab_size is None:
+        return
+    if n_tokens is not None and vocab_size != n_tokens:
+        raise InvalidGGUF(f"metadata '{arch}.vocab_size' is {vocab_size} but {_TOKENS!r} has {n_tokens} tokens")
+    if not 0 < vocab_size <= _MAX_VOCAB:
+        # Without a token list llama.cpp allocates vocab_size dummy tokens.
+        raise InvalidGGUF(f"metadata '{arch}.vocab_size' is {vocab_size}, expected 1 to {_MAX_VOCAB}")
 
 
 def _tensor_info(
@@ -362,6 +453,8 @@ def _tensor_info(
         raise InvalidGGUF(f"tensor {name!r}: unknown ggml type {ggml_type}")
     n_elements = 1
     for dim in shape:
+        if dim > INT64_MAX:  # llama.cpp reads dimensions as int64
+            raise InvalidGGUF(f"tensor {name!r}: dimension {dim - (1 << 64)} in shape {shape} is negative")
         if dim <= 0:
             raise InvalidGGUF(f"tensor {name!r}: dimension {dim} in shape {shape} must be positive")
         n_elements *= dim
