@@ -229,12 +229,7 @@ class Store:
             else:
                 digest = self.write_blob(source, expected, progress)
             blob = self.blob_path(digest)
-            try:
-                info = gguf.read_gguf(blob)
-            except InvalidGGUF:
-                if digest not in self._referenced_digests():
-                    blob.unlink(missing_ok=True)
-                raise
+            info = self._read_model_blob(digest, blob)
             return self._write_model(parsed, digest, blob, info, template, system, parameters, license)
 
     def create(
@@ -247,15 +242,16 @@ class Store:
         parameters: dict[str, Any] | None = None,
         license: str | None = None,
     ) -> StoredModel:
-        """Write model `name` from a GGUF blob already in the store (it must pass read_gguf), plus text
-        layers and the manifest. Replaces an existing model of that name atomically."""
+        """Write model `name` from a GGUF blob already in the store (it must pass read_gguf, else it is
+        removed unless a manifest uses it), plus text layers and the manifest. Replaces an existing model of
+        that name atomically."""
         parsed = self._name(name)
         digest = validate_digest(model_digest)
         with self._lock(exclusive=False):
             blob = self.blob_path(digest)
             if not blob.is_file():
                 raise BlobNotFound(f"blob {digest} not found", param="model_digest")
-            info = gguf.read_gguf(blob)
+            info = self._read_model_blob(digest, blob)
             return self._write_model(parsed, digest, blob, info, template, system, parameters, license)
 
     def copy(self, source: str | ModelName, destination: str | ModelName) -> StoredModel:
@@ -291,6 +287,16 @@ class Store:
                     self.blob_path(digest).unlink(missing_ok=True)
 
     # ----- internals ---------------------------------------------------------------------------------
+
+    def _read_model_blob(self, digest: str, blob: Path) -> gguf.GGUFFile:
+        """read_gguf(blob). An invalid GGUF is removed unless a manifest uses it: no model can be built from
+        it, and an uploaded blob nobody references would otherwise stay forever. Raises InvalidGGUF."""
+        try:
+            return gguf.read_gguf(blob)
+        except InvalidGGUF:
+            if digest not in self._referenced_digests():
+                blob.unlink(missing_ok=True)
+            raise
 
     def _write_model(
         self,
