@@ -79,10 +79,15 @@ def _api(host: str | None) -> Iterator[ApiClient]:
 
     settings = _settings(host=host)
     try:
-        with ApiClient(settings.base_url) as api:
+        with ApiClient(settings.base_url, api_key=_key(settings)) as api:
             yield api
     except ClientError as exc:
         fail(exc.message)
+
+
+def _key(settings: Settings) -> str | None:
+    """The API key the server was given through the same environment or config.toml, sent by every command."""
+    return settings.api_key.get_secret_value() if settings.api_key is not None else None
 
 
 def _describe(name: str) -> str:
@@ -413,7 +418,7 @@ def version(host: HostOption = None) -> None:
     typer.echo(f"client version is {__version__}")
     settings = _settings(host=host)
     try:
-        with ApiClient(settings.base_url) as api:
+        with ApiClient(settings.base_url, api_key=_key(settings)) as api:
             body = api.request("GET", "/api/version") or {}
     except ClientError as exc:
         stderr_console().print(f"Warning: {exc.message}", style="yellow", markup=False)

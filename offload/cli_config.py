@@ -22,6 +22,9 @@ config_app = typer.Typer(
 
 
 def _text(value: Any) -> str:
+    # Lists (origins, allowed_hosts) as the comma-separated text `set` takes; a secret prints masked.
+    if isinstance(value, tuple | list):
+        return ",".join(str(item) for item in value)
     return str(value)
 
 

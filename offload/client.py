@@ -81,12 +81,16 @@ def _check_line(obj: Any) -> dict[str, Any]:
 class ApiClient:
     """One connection pool to `base_url`; use as a context manager or call `close()`."""
 
-    def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, api_key: str | None = None, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        """`api_key` (the server's OFFLOAD_API_KEY) is sent as `Authorization: Bearer <key>` on every request."""
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(QUICK_READ_TIMEOUT, connect=CONNECT_TIMEOUT),
             transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
         )
 
     def __enter__(self) -> ApiClient:

@@ -18,19 +18,23 @@ import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, Field, ValidationError, field_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 DEFAULT_PORT = 11434
 BACKENDS = ("auto", "cuda", "rocm", "vulkan", "metal", "cpu")
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+# A key travels in an HTTP header: printable ASCII without spaces, so every client sends it unchanged.
+_KEY_CHARS = frozenset(chr(code) for code in range(0x21, 0x7F))
 
 
 def _key(dotted: str) -> dict[str, Any]:
@@ -142,6 +146,38 @@ class Settings(BaseSettings):
     log_level: str = Field(
         "info", description="debug, info, warning or error.", json_schema_extra=_key("server.log_level")
     )
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every route but / and /health needs `Authorization: Bearer <key>` (401 otherwise); "
+        "the offload CLI sends it too. Printable ASCII, no spaces. Prefer the environment or api_key_file to "
+        "config.toml.",
+        json_schema_extra=_key("server.api_key"),
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="A file whose first line is the API key, read at start when api_key is not set.",
+        json_schema_extra=_key("server.api_key_file"),
+    )
+    origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Browser origins allowed beside the local ones (http(s) on localhost, 127.0.0.1, [::1]), "
+        "comma-separated; `*` inside one matches any text (https://*.example.com), `*` alone every origin. "
+        "Requests from any other Origin get 403; credentials are never allowed.",
+        json_schema_extra=_key("server.origins"),
+    )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Host header names accepted beside localhost, *.localhost and loopback addresses while the "
+        "server is bound to loopback (others get 403: DNS rebinding), comma-separated; `*` matches any text.",
+        json_schema_extra=_key("server.allowed_hosts"),
+    )
+    max_body_bytes: ByteSize = Field(
+        ByteSize(DEFAULT_MAX_BODY),
+        ge=1024,
+        description="Largest JSON request body (e.g. 32MiB); a bigger one is refused with 413. Blob uploads "
+        "(/api/blobs) are not JSON and are not limited by it.",
+        json_schema_extra=_key("server.max_body_bytes"),
+    )
 
     @field_validator("backend")
     @classmethod
@@ -184,6 +220,45 @@ class Settings(BaseSettings):
             raise ValueError("log_level must be one of debug, info, warning, error")
         return value
 
+    @field_validator("api_key", "api_key_file", mode="before")
+    @classmethod
+    def _no_key(cls, value: object) -> object:
+        # An empty variable means no key, as an unset one does.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _header_safe_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_api_key(value.get_secret_value())
+        return value
+
+    @field_validator("origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # The environment and CLI give one comma-separated string; config.toml may give a list.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    @field_validator("origins", "allowed_hosts")
+    @classmethod
+    def _plain_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not pattern or any(char.isspace() or ord(char) < 0x20 for char in pattern):
+                raise ValueError(f"{pattern!r} must be non-empty text without spaces")
+        return tuple(pattern.lower().rstrip("/") for pattern in value)
+
+    @model_validator(mode="after")
+    def _read_key_file(self) -> Settings:
+        if self.api_key is None and self.api_key_file is not None:
+            self.api_key = SecretStr(read_api_key_file(self.api_key_file))
+        return self
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -225,6 +300,32 @@ class Settings(BaseSettings):
         home = init_settings().get("home") or env_settings().get("home") or default_home()
         toml_file = Path(str(home)).expanduser() / "config.toml"
         return (init_settings, env_settings, ConfigFileSource(settings_cls, toml_file))
+
+
+def check_api_key(key: str) -> str:
+    """`key` when it can travel in an Authorization header unchanged; ValueError saying why not."""
+    if not key or any(char not in _KEY_CHARS for char in key):
+        raise ValueError("the API key must be printable ASCII without spaces")
+    return key
+
+
+def read_api_key_file(path: Path) -> str:
+    """The first line of the key file, stripped; ValueError (which Settings reports) when it is unusable."""
+    try:
+        with Path(path).expanduser().open("rb") as handle:
+            raw = handle.read(4097)
+    except OSError as exc:
+        raise ValueError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > 4096:
+        raise ValueError(f"the API key file {path} is longer than 4096 bytes")
+    try:
+        lines = raw.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"the API key file {path} is not ASCII text") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"the API key file {path} is empty")
+    return check_api_key(key)
 
 
 def load_settings(**cli_overrides: Any) -> Settings:
@@ -365,7 +466,7 @@ def set_config_value(home: Path, key: str, raw: str) -> Any:
     values = file_values(document)
     values[name] = raw
     value = getattr(_check(values), name)
-    stored = str(value) if isinstance(value, Path) else value
+    stored = _storable(value)
     section, leaf = key.strip().split(".")
     table = document.setdefault(section, {})
     if not isinstance(table, dict):
@@ -374,7 +475,23 @@ def set_config_value(home: Path, key: str, raw: str) -> Any:
         del document[name]
     table[leaf] = stored
     _write_atomically(path, dumps_toml(document))
-    return stored
+    return value if isinstance(value, SecretStr) else stored  # a secret is shown masked, never echoed
+
+
+def _shown(value: Any) -> Any:
+    # Paths as text; a SecretStr stays one, so printing it shows a mask.
+    return str(value) if isinstance(value, Path) else value
+
+
+def _storable(value: Any) -> Any:
+    """A Settings value as config.toml holds it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def config_entries(settings: Settings, environ: Mapping[str, str], home: Path) -> list[tuple[str, Any, str]]:
@@ -394,7 +511,7 @@ def config_entries(settings: Settings, environ: Mapping[str, str], home: Path) -
         else:
             source = "default"
         value = getattr(settings, name)
-        entries.append((key, str(value) if isinstance(value, Path) else value, source))
+        entries.append((key, ",".join(value) if isinstance(value, tuple) else _shown(value), source))
     return entries
 
 

@@ -10,10 +10,15 @@
     │   ├── ContextLengthExceeded     400 context_length_exceeded
     │   ├── PlanRefused               400 plan_refused
     │   └── UnsupportedByModel        400 unsupported_by_model
+    ├── Unauthorized                  401 invalid_api_key
+    ├── Forbidden                     403 forbidden
+    │   ├── HostNotAllowed            403 host_not_allowed
+    │   └── OriginNotAllowed          403 origin_not_allowed
     ├── NotFound                      404 not_found
     │   ├── ModelNotFound             404 model_not_found
     │   └── BlobNotFound              404 blob_not_found
     ├── Conflict                      409 conflict
+    ├── PayloadTooLarge               413 request_too_large
     ├── ServerBusy                    503 server_busy
     ├── StoreError                    500 store_error
     ├── StarterUnavailable            500 starter_unavailable
@@ -83,6 +88,33 @@ class UnsupportedByModel(BadRequest):
     code = "unsupported_by_model"
 
 
+class Unauthorized(OffloadError):
+    """An API key is configured and the request did not carry it as `Authorization: Bearer <key>`."""
+
+    status = 401
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(OffloadError):
+    status = 403
+    code = "forbidden"
+
+
+class HostNotAllowed(Forbidden):
+    """A loopback-bound server got a Host header naming another machine (DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    """A browser page from an origin neither local nor in OFFLOAD_ORIGINS."""
+
+    code = "origin_not_allowed"
+
+
 class NotFound(OffloadError):
     status = 404
     code = "not_found"
@@ -103,6 +135,11 @@ class BlobNotFound(NotFound):
 class Conflict(OffloadError):
     status = 409
     code = "conflict"
+
+
+class PayloadTooLarge(OffloadError):
+    status = 413
+    code = "request_too_large"
 
 
 class ServerBusy(OffloadError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import socket
 import time
 
 from fastapi import FastAPI, Request, Response
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from offload.api import errors, routes_models, routes_ollama, routes_openai
 from offload.api.deps import AppState, SchedulerLike, get_state
 from offload.api.metrics import CONTENT_TYPE, Metrics
+from offload.api.security import ApiKeyMiddleware, HostOriginMiddleware, is_loopback
 from offload.config import Settings
 from offload.models.store import Store
 
@@ -49,6 +51,7 @@ class AccessMiddleware:
         started = time.monotonic()
         status = 500
         response_started = False
+        self.metrics.in_progress.inc()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
@@ -68,22 +71,42 @@ class AccessMiddleware:
             response = errors.error_response(path, errors.internal_error())
             await response(scope, receive, send)
         finally:
+            self.metrics.in_progress.dec()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = str(scope.get("method", ""))
-            self.metrics.observe_request(route, method, status)
-            access_log.info("%s %s %d %.1fms", method, path, status, (time.monotonic() - started) * 1000)
+            elapsed = time.monotonic() - started
+            self.metrics.observe_request(route, method, status, elapsed)
+            access_log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000)
 
 
 def create_app(settings: Settings, store: Store, scheduler: SchedulerLike) -> FastAPI:
     """The ASGI app serving Ollama's API (/api/*), OpenAI's (/v1/*), /, /health, /metrics.
 
-    The caller owns `scheduler` and closes it; the app never starts or stops it.
+    Requests pass, outermost first: the access log and metrics, the Host and Origin checks with CORS, the API
+    key (api/security.py), then the routes. The caller owns `scheduler` and closes it; the app never starts or
+    stops it.
     """
     app = FastAPI(title="offload", version=version(), docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = Metrics()
+    metrics = Metrics(scheduler.running)
     app.state.offload = AppState(settings=settings, store=store, scheduler=scheduler, metrics=metrics)
     errors.install(app)
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    bind_host = settings.bind[0]
+    # add_middleware puts each one outside those added before it.
+    app.add_middleware(ApiKeyMiddleware, key=key)
+    app.add_middleware(
+        HostOriginMiddleware,
+        check_host=is_loopback(bind_host),
+        hosts=(*settings.allowed_hosts, socket.gethostname().lower()),
+        origins=settings.origins,
+    )
     app.add_middleware(AccessMiddleware, metrics=metrics)
+    if key is None and not is_loopback(bind_host):
+        log.warning(
+            "listening on %s without an API key: anyone who can reach this address can use the server "
+            "(set OFFLOAD_API_KEY)",
+            bind_host,
+        )
 
     @app.get("/")
     @app.head("/")

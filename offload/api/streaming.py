@@ -82,6 +82,8 @@ class Generation:
     ) -> Generation:
         """Wait for the first chunk. Errors raised before it propagate unchanged (the caller maps them to a
         status); the source is closed on any failure, cancellation included."""
+        waiting = metrics.waiting.labels(model=model)
+        waiting.inc()
         try:
             first = await anext(source)
         except StopAsyncIteration:
@@ -89,6 +91,8 @@ class Generation:
         except BaseException:
             await aclose_quietly(source)
             raise
+        finally:
+            waiting.dec()
         metrics.observe_first_chunk(model, time.monotonic() - started)
         return cls(source, first, model=model, metrics=metrics, started=started)
 

@@ -399,3 +399,57 @@ def test_dumps_toml_round_trips(document: dict[str, object]) -> None:
 def test_dumps_toml_refuses_arrays_of_tables() -> None:
     with pytest.raises(ConfigError, match="x"):
         dumps_toml({"x": [{"a": 1}]})
+
+
+# ---------------------------------------------------------------- the security settings
+
+
+def test_security_defaults(clean_env: Path) -> None:
+    settings = load_settings()
+    assert settings.api_key is None
+    assert settings.api_key_file is None
+    assert settings.origins == ()
+    assert settings.allowed_hosts == ()
+    assert settings.max_body_bytes == 32 * 1024 * 1024
+
+
+def test_lists_from_env_and_toml(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_ORIGINS", " https://A.example/ ,http://b.example:8080,, ")
+    write_toml(clean_env / ".offload", '[server]\nallowed_hosts = ["Box.lan", "*.corp"]\n')
+    settings = load_settings()
+    assert settings.origins == ("https://a.example", "http://b.example:8080")
+    assert settings.allowed_hosts == ("box.lan", "*.corp")
+
+
+def test_the_key_is_masked_when_shown_and_stored_in_clear(tmp_path: Path) -> None:
+    shown = set_config_value(tmp_path, "server.api_key", "sk-1234")
+    assert str(shown) == "**********"
+    assert tomllib.loads((tmp_path / "config.toml").read_text()) == {"server": {"api_key": "sk-1234"}}
+    settings = load_settings(home=tmp_path)
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "sk-1234"
+    entries = {key: value for key, value, _ in config_entries(settings, {}, tmp_path)}
+    assert str(entries["server.api_key"]) == "**********"
+
+
+def test_origins_set_through_config_are_a_toml_list(tmp_path: Path) -> None:
+    assert set_config_value(tmp_path, "server.origins", "https://a.example,https://b.example") == [
+        "https://a.example",
+        "https://b.example",
+    ]
+    assert load_settings(home=tmp_path).origins == ("https://a.example", "https://b.example")
+    entries = {key: value for key, value, _ in config_entries(load_settings(home=tmp_path), {}, tmp_path)}
+    assert entries["server.origins"] == "https://a.example,https://b.example"
+
+
+def test_the_key_file_is_read_when_no_key_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    assert load_settings(api_key_file=str(key_file)).api_key.get_secret_value() == "from-file"  # type: ignore[union-attr]
+    monkeypatch.setenv("OFFLOAD_API_KEY", "from-env")
+    assert load_settings(api_key_file=str(key_file)).api_key.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", ["1023", "0", "-1", "lots"])
+def test_max_body_bytes_rejected(value: str) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(max_body_bytes=value)

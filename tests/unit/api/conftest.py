@@ -24,7 +24,8 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(home=tmp_path / "home")
+    # The app is bound to loopback by default, so it answers only Host names it knows: add the test clients'.
+    return load_settings(home=tmp_path / "home", allowed_hosts="testserver,offload.test")
 
 
 @pytest.fixture
