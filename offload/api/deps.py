@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from offload.api.metrics import Metrics
 from offload.config import Settings
-from offload.errors import BadRequest
+from offload.errors import BadRequest, PayloadTooLarge
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.models import starter
 from offload.models.gguf import GGUFFile, read_gguf
@@ -31,8 +31,9 @@ from offload.models.store import Store, StoredModel
 
 log = logging.getLogger(__name__)
 
-# JSON bodies are read whole; long chat histories fit easily, anything bigger is a mistake or abuse.
-MAX_JSON_BODY = 32 * 1024 * 1024
+# Renders run in worker threads, at most this many at once: a hostile template holds one for up to
+# templates.RENDER_SECONDS, and must not take every thread the store's file work needs.
+RENDER_THREADS = 4
 # GGUF metadata holds the whole vocabulary (MiBs for 256k-token models): keep only a few files' worth.
 GGUF_CACHE_SIZE = 8
 
@@ -71,6 +72,9 @@ class SchedulerLike(Protocol):
     async def close(self) -> None: ...
 
 
+R = TypeVar("R")
+
+
 @dataclass
 class AppState:
     """Everything a route needs; one per app, stored on `app.state.offload`.
@@ -84,6 +88,7 @@ class AppState:
     scheduler: SchedulerLike
     metrics: Metrics
     _gguf_cache: OrderedDict[str, GGUFFile] = field(default_factory=OrderedDict)
+    _render_limiter: anyio.CapacityLimiter | None = None
 
     async def resolve(self, name: str | None) -> StoredModel:
         """The stored model called `name`; the starter model is imported on first use (in a worker thread).
@@ -109,6 +114,13 @@ class AppState:
             self._gguf_cache.popitem(last=False)
         return info
 
+    async def render(self, render: Callable[[], R]) -> R:
+        """Run a template render (or compile) in a worker thread, never on the event loop: a render may take
+        up to templates.RENDER_SECONDS. At most RENDER_THREADS run at once; the rest wait their turn."""
+        if self._render_limiter is None:  # created here: a limiter needs the running event loop
+            self._render_limiter = anyio.CapacityLimiter(RENDER_THREADS)
+        return await anyio.to_thread.run_sync(render, limiter=self._render_limiter)
+
     def forget(self, digest: str) -> None:
         self._gguf_cache.pop(digest, None)
 
@@ -130,16 +142,20 @@ async def parse_body(request: Request, model: type[M]) -> M:
     """The request body as `model`, whatever the Content-Type says.
 
     Ollama ignores Content-Type, and its documented usage is `curl -d '{...}'` (form-encoded by curl's
-    default), so requiring application/json would break drop-in use. Raises BadRequest naming the field.
+    default), so requiring application/json would break drop-in use. A body over the max_body_bytes setting
+    is refused with PayloadTooLarge (413) before it is read whole. Lone surrogates (`"\\ud800"`, half of an
+    emoji) become U+FFFD, as Go's JSON decoder (Ollama's) does: no string that cannot be encoded as UTF-8
+    travels further. Raises BadRequest naming the field for everything else.
     """
+    limit = get_state(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BODY:
-        raise BadRequest(f"request body is larger than {MAX_JSON_BODY} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     body = bytearray()
     async for piece in request.stream():
         body += piece
-        if len(body) > MAX_JSON_BODY:
-            raise BadRequest(f"request body is larger than {MAX_JSON_BODY} bytes")
+        if len(body) > limit:
+            raise _too_large(limit)
     if not body.strip():
         data: Any = {}
     else:
@@ -147,10 +163,48 @@ async def parse_body(request: Request, model: type[M]) -> M:
             data = json.loads(bytes(body), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"invalid JSON body: {exc}") from exc
+        except RecursionError as exc:
+            raise BadRequest("invalid JSON body: nested too deeply") from exc
+        data = without_lone_surrogates(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from exc
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than {limit} bytes (OFFLOAD_MAX_BODY_BYTES)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """`value` (decoded JSON) with every lone surrogate in its strings and keys replaced by U+FFFD. json.loads
+    joins escaped pairs into one character, so any surrogate left is a lone one. Iterative: the parser already
+    bounded the depth, this must not be the one to recurse."""
+    if isinstance(value, str):
+        return _fix_text(value)
+    if not isinstance(value, dict | list):
+        return value
+    root: list[Any] = [value]
+    todo: list[tuple[Any, Any]] = [(root, 0)]
+    while todo:
+        parent, slot = todo.pop()
+        item = parent[slot]
+        if isinstance(item, str):
+            parent[slot] = _fix_text(item)
+        elif isinstance(item, list):
+            todo.extend((item, index) for index in range(len(item)))
+        elif isinstance(item, dict):
+            if not all(key.isascii() for key in item):
+                item = parent[slot] = {_fix_text(key): entry for key, entry in item.items()}
+            todo.extend((item, key) for key in item)
+    return root[0]
+
+
+def _fix_text(text: str) -> str:
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 # pydantic puts the union member tried into `loc` ("stop.str", "input.list[str].0"); clients know fields only.

@@ -15,11 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from offload.errors import BadRequest, OffloadError
+from offload.errors import BadRequest, OffloadError, StoreError
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal server error (details are in the server log)"
+STORE_MESSAGE = "the model store failed (details are in the server log)"
 
 
 def is_openai_path(path: str) -> bool:
@@ -48,8 +49,18 @@ def openai_body(error: OffloadError) -> dict[str, Any]:
     }
 
 
+def public(error: OffloadError) -> OffloadError:
+    """The error as a client may see it. A store failure's message names the server's files (a blob path
+    that resolves outside the store, a disk error on a manifest): the client gets the kind, the log the rest."""
+    if isinstance(error, StoreError):
+        log.error("model store: %s", error.message)
+        return StoreError(STORE_MESSAGE)
+    return error
+
+
 def error_body(path: str, error: OffloadError) -> dict[str, Any]:
-    return openai_body(error) if is_openai_path(path) else ollama_body(error)
+    shown = public(error)
+    return openai_body(shown) if is_openai_path(path) else ollama_body(shown)
 
 
 def error_response(path: str, error: OffloadError) -> JSONResponse:

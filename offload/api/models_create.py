@@ -2,7 +2,8 @@
 
 Ollama's current form names the GGUF blob (`files`) or a base model (`from`) plus template/system/parameters;
 the legacy form sends a Modelfile (`modelfile`). Both end in a CreatePlan. Paths are never read on the
-server's behalf: a Modelfile whose FROM is a path is refused, the client must upload the file as a blob first.
+server's behalf: a FROM that is a path is refused with one fixed message (no oracle of what exists there); the
+client uploads the file as a blob first. File names in `files` are labels only, never paths.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 
 from offload.api.deps import AppState
+from offload.api.options import resolve_options
 from offload.api.wire import OllamaCreate
 from offload.errors import BadRequest, BlobNotFound
 from offload.models.modelfile import coerce_parameter, parse_modelfile
@@ -39,7 +41,8 @@ def looks_like_path(text: str) -> bool:
 
 
 def validated_parameters(parameters: Mapping[str, Any], prefix: str = "parameters.") -> dict[str, Any]:
-    """Each PARAMETER type-checked (`stop` becomes a list). Unknown keys are a 400 here, unlike request
+    """Each PARAMETER type-checked (`stop` becomes a list) and range-checked as request options are, so a model
+    is never stored with a value every request would then refuse. Unknown keys are a 400 here, unlike request
     options: a model should not be created with a setting that silently does nothing."""
     checked: dict[str, Any] = {}
     for key, value in parameters.items():
@@ -47,6 +50,7 @@ def validated_parameters(parameters: Mapping[str, Any], prefix: str = "parameter
             checked[key] = coerce_parameter(key, value)
         except BadRequest as exc:
             raise BadRequest(exc.message, param=prefix + key) from exc
+    resolve_options({}, checked, prefix=prefix)
     return checked
 
 
@@ -149,9 +153,11 @@ async def _from_source(
             (*statuses, f"using existing layer {digest}"),
         )
     if looks_like_path(source):
+        # The same answer for every path, whatever is there: it is never looked at, and the reply must not
+        # tell a client whether a file exists, is a FIFO or a device, or is readable.
         raise BadRequest(
-            f"FROM {source}: the server does not read local paths; upload the file with "
-            "/api/blobs first and use FROM @sha256:<digest> (the ollama CLI does this for you)",
+            "FROM names a file path: the server never reads paths; upload the file with /api/blobs first and "
+            "use FROM @sha256:<digest> (the ollama CLI does this for you)",
             param="from",
         )
     base: StoredModel = await state.resolve(source)

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from offload.api.options import ResolvedOptions
+from offload.api.schema import schema_text
 from offload.api.wire import OllamaMessage
 from offload.errors import BadRequest, UnsupportedByModel
-from offload.generation import JSON_OBJECT_SCHEMA, MAX_SCHEMA_BYTES, Chunk, EmbedResult, GenerateRequest
+from offload.generation import JSON_OBJECT_SCHEMA, Chunk, EmbedResult, GenerateRequest
 from offload.models.gguf import GGUFFile, format_parameter_size
 from offload.models.store import StoredModel
 from offload.models.templates import ChatMessage
@@ -47,13 +48,7 @@ def output_schema(value: Any, param: str = "format") -> str | None:
     if value == "json":
         return JSON_OBJECT_SCHEMA
     if isinstance(value, dict):
-        text = json.dumps(value, separators=(",", ":"))
-        if len(text) > MAX_SCHEMA_BYTES:
-            raise BadRequest(
-                f'invalid value for "{param}": the JSON schema has {len(text)} bytes, at most {MAX_SCHEMA_BYTES}',
-                param=param,
-            )
-        return text
+        return schema_text(value, param)
     raise BadRequest(f'invalid value for "{param}": expected "json" or a JSON schema object', param=param)
 
 

@@ -35,20 +35,35 @@ _SAMPLING_KEYS = frozenset(
     }
 )
 _UNIT_FRACTIONS = (0, 1)
-# Inclusive bounds per option; None means unbounded on that side.
+# llama.cpp takes these as int32; beyond it a value could only wrap around in C.
+INT32_MAX = 2**31 - 1
+# Sampler floats go to llama.cpp as float32. No sampler needs more than these; past them a value is a mistake.
+MAX_TEMPERATURE = 100.0
+MAX_PENALTY = 100.0
+MAX_CONTEXT = 1 << 20  # as the num_ctx setting
+# Inclusive bounds per option; None means unbounded on that side. Integer options not listed are int32.
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "temperature": (0, None),
-    "top_k": (0, None),
+    "temperature": (0, MAX_TEMPERATURE),
+    "top_k": (0, INT32_MAX),
     "top_p": _UNIT_FRACTIONS,
     "min_p": _UNIT_FRACTIONS,
     "typical_p": _UNIT_FRACTIONS,
-    "repeat_penalty": (0, None),
-    "repeat_last_n": (-1, None),  # -1: the whole context (Ollama)
-    "num_ctx": (1, None),
-    "num_gpu": (-1, None),  # -1: every layer that fits (Ollama); 0: CPU only
-    "num_predict": (-2, None),  # -1: no limit, -2: until the context is full (both: no limit here)
+    "repeat_penalty": (0, MAX_PENALTY),
+    "presence_penalty": (-MAX_PENALTY, MAX_PENALTY),
+    "frequency_penalty": (-MAX_PENALTY, MAX_PENALTY),
+    "repeat_last_n": (-1, INT32_MAX),  # -1: the whole context (Ollama)
+    "num_ctx": (1, MAX_CONTEXT),
+    "num_gpu": (-1, INT32_MAX),  # -1: every layer that fits (Ollama); 0: CPU only
+    "num_predict": (-2, INT32_MAX),  # -1: no limit, -2: until the context is full (both: no limit here)
     "seed": (-(2**63), 2**64 - 1),
+    "mirostat": (0, 2),
+    "mirostat_eta": (0, MAX_PENALTY),
+    "mirostat_tau": (0, MAX_PENALTY),
 }
+_INT32 = (-(2**31), INT32_MAX)
+# A stop list is matched against every token the model produces; a few short strings is what anyone needs.
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 1024
 _SEED_RANDOM = -1
 
 
@@ -122,10 +137,11 @@ def _checked(key: str, raw: Any, param: str) -> Any:
     try:
         value = coerce_parameter(key, raw)
     except BadRequest as exc:
-        raise BadRequest(exc.message, param=param) from exc
+        # The message names the field as the client sent it (options.x, parameters.x), not the bare key.
+        raise BadRequest(f'invalid value for "{param}": {exc.message}', param=param) from exc
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest(f'invalid value for "{param}": must be a finite number', param=param)
-    low, high = _BOUNDS.get(key, (None, None))
+    low, high = _BOUNDS.get(key, _INT32 if isinstance(value, int) else (None, None))
     if isinstance(value, int | float) and not isinstance(value, bool):
         if low is not None and value < low:
             raise BadRequest(f'invalid value for "{param}": must be at least {low}', param=param)
@@ -139,7 +155,16 @@ def _stop_sequences(raw: Any, param: str) -> tuple[str, ...]:
     if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
         raise BadRequest(f'invalid value for "{param}": expected a string or a list of strings', param=param)
     # An empty stop string would end every generation at once; clients send [""] meaning "none".
-    return tuple(item for item in items if item)
+    kept = tuple(item for item in items if item)
+    if len(kept) > MAX_STOP_SEQUENCES:
+        raise BadRequest(
+            f'invalid value for "{param}": at most {MAX_STOP_SEQUENCES} stop sequences, got {len(kept)}', param=param
+        )
+    if any(len(item) > MAX_STOP_CHARS for item in kept):
+        raise BadRequest(
+            f'invalid value for "{param}": a stop sequence may have at most {MAX_STOP_CHARS} characters', param=param
+        )
+    return kept
 
 
 def parse_keep_alive(value: Any, *, param: str = "keep_alive") -> float | None:

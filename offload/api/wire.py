@@ -1,7 +1,9 @@
 """Request bodies of both dialects as pydantic models: the only place offload uses pydantic for HTTP input.
 
 Unknown fields are accepted and ignored (clients add fields faster than servers learn them). Types are the
-wire's; meaning (option ranges, durations, which combinations are supported) is checked by the converters.
+wire's and strict, as Go's and OpenAI's decoders are: `"stream": "yes"`, `"max_tokens": true` or `"n": "2"` are
+400s, not guesses. Meaning (option ranges, durations, which combinations are supported) is checked by the
+converters. Lists a client controls the length of and the server loops over carry a bound here.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from offload.api.options import INT32_MAX
+
 Duration = StrictInt | StrictFloat | StrictStr | None
+# Every message goes through the chat template; real conversations are far shorter.
+MAX_MESSAGES = 10_000
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True, strict=True)
 
 
 # ---- Ollama ----
@@ -43,7 +49,7 @@ class OllamaMessage(_Wire):
 
 class OllamaChat(_Wire):
     model: str = ""
-    messages: list[OllamaMessage] | None = None
+    messages: list[OllamaMessage] | None = Field(None, max_length=MAX_MESSAGES)
     stream: bool | None = None
     format: Any = None
     options: dict[str, Any] | None = None
@@ -132,9 +138,9 @@ class OpenAISampling(_Wire):
 
 
 class OpenAIChat(OpenAISampling):
-    messages: list[OpenAIMessage]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    messages: list[OpenAIMessage] = Field(max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -142,7 +148,7 @@ class OpenAIChat(OpenAISampling):
 
 class OpenAICompletion(OpenAISampling):
     prompt: str | list[Any] | None = None
-    max_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None

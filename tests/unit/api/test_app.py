@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from offload.api import app as app_module
 from offload.api.deps import SchedulerLike
+from offload.config import Settings
+from offload.generation import Chunk, GenerateRequest
 from offload.scheduler import Scheduler
-from tests.fakes.scheduler import FakeScheduler
+from tests.fakes.scheduler import FakeRunningModel, FakeScheduler, default_script
 
 
 def test_root_health_version(client: TestClient) -> None:
@@ -57,11 +60,12 @@ def test_unknown_route_and_method_in_ollama_shape(client: TestClient) -> None:
     assert client.get("/api/generate").status_code == 405
 
 
-def test_oversized_body_is_refused(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("offload.api.deps.MAX_JSON_BODY", 100)
-    response = client.post("/api/generate", json={"model": "tiny", "prompt": "x" * 200})
-    assert response.status_code == 400
-    assert "larger than" in response.json()["error"]
+def test_oversized_body_is_refused(client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "max_body_bytes", 1024)
+    response = client.post("/api/generate", json={"model": "tiny", "prompt": "x" * 2000})
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body is larger than 1024 bytes (OFFLOAD_MAX_BODY_BYTES)"}
+    assert client.post("/api/generate", json={"model": "tiny", "prompt": "x" * 900}).status_code == 200
 
 
 def test_metrics(client: TestClient) -> None:
@@ -73,6 +77,58 @@ def test_metrics(client: TestClient) -> None:
     assert 'offload_generated_tokens_total{model="tiny:latest"} 3.0' in text
     assert 'offload_prompt_tokens_total{model="tiny:latest"} 5.0' in text
     assert 'offload_time_to_first_token_seconds_count{model="tiny:latest"} 1.0' in text
+
+
+def test_metrics_of_loaded_models_and_devices(client: TestClient, scheduler: FakeScheduler) -> None:
+    def placement(devices: list[Any]) -> dict[str, Any]:
+        return {"backend": "cuda", "layers_on_gpu": 1, "layers_total": 2, "devices": devices, "verified": True}
+
+    scheduler.running_models = [
+        FakeRunningModel(
+            "a:latest",
+            "sha256:" + "1" * 64,
+            placement=placement(
+                [
+                    {"name": "CUDA0", "layers": 1, "buffers": {"weights": 1000, "kv": 200}},
+                    {"name": "CPU", "layers": 1, "buffers": {"weights": 30}},
+                ]
+            ),
+        ),
+        FakeRunningModel(
+            "b:latest",
+            "sha256:" + "2" * 64,
+            placement=placement([{"name": "CUDA0", "buffers": {"weights": 5}}, {"name": "odd"}, "junk"]),
+        ),
+    ]
+    text = client.get("/metrics").text
+    assert "offload_loaded_models 2.0" in text
+    assert 'offload_model_memory_bytes{device="CUDA0",model="a:latest"} 1200.0' in text
+    assert 'offload_model_memory_bytes{device="CPU",model="a:latest"} 30.0' in text
+    assert 'offload_model_memory_bytes{device="CUDA0",model="b:latest"} 5.0' in text
+    assert 'offload_device_memory_bytes{device="CUDA0"} 1205.0' in text
+    assert 'offload_device_memory_bytes{device="CPU"} 30.0' in text
+    assert 'device="odd"' not in text
+    scheduler.running_models = []
+    text = client.get("/metrics").text
+    assert "offload_loaded_models 0.0" in text
+    assert "offload_device_memory_bytes{" not in text
+
+
+def test_metrics_of_requests_waiting_and_durations(client: TestClient, scheduler: FakeScheduler) -> None:
+    seen: list[str] = []
+
+    def script(request: GenerateRequest) -> list[Chunk]:
+        # Read while the generation has not produced its first chunk: it is waiting.
+        seen.append(client.app.state.offload.metrics.render().decode())  # type: ignore[attr-defined]
+        return default_script(request)
+
+    scheduler.script = script
+    client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    assert 'offload_requests_waiting{model="tiny:latest"} 1.0' in seen[0]
+    text = client.get("/metrics").text
+    assert 'offload_requests_waiting{model="tiny:latest"} 0.0' in text
+    assert 'offload_http_request_duration_seconds_count{route="/api/generate"} 1.0' in text
+    assert "offload_http_requests_in_progress 1.0" in text  # the scrape itself
 
 
 def as_scheduler_like(scheduler: Scheduler) -> SchedulerLike:
