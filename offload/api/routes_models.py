@@ -29,7 +29,7 @@ from offload.models import starter
 from offload.models.gguf import GGUFFile, describe
 from offload.models.names import parse_name, validate_digest
 from offload.models.store import StoredModel
-from offload.models.templates import select_template
+from offload.models.templates import check_template, select_template
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -165,6 +165,9 @@ async def create(request: Request) -> Response:
     state = get_state(request)
     wire = await parse_body(request, OllamaCreate)
     plan: CreatePlan = await plan_create(state, wire)
+    if plan.template:
+        # Compiled now, so a broken template is a 400 here rather than at every request that uses it.
+        await state.render(partial(check_template, plan.template))
     statuses = list(plan.statuses)
     stored = await anyio.to_thread.run_sync(
         partial(

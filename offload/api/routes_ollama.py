@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -50,8 +51,15 @@ async def generate(request: Request) -> Response:
     else:
         info = await state.gguf(stored)
         template = select_template(info, wire.template or stored.template)
-        rendered = render_prompt(
-            template, prompt, wire.system or stored.system, bos_token=info.bos_token, eos_token=info.eos_token
+        rendered = await state.render(
+            partial(
+                render_prompt,
+                template,
+                prompt,
+                wire.system or stored.system,
+                bos_token=info.bos_token,
+                eos_token=info.eos_token,
+            )
         )
     opts = resolve_options(stored.parameters, wire.options)
     internal = ollama.generate_request(
@@ -81,7 +89,9 @@ async def chat(request: Request) -> Response:
     messages = ollama.chat_messages(wire.messages, stored.system)
     info = await state.gguf(stored)
     template = select_template(info, stored.template)
-    rendered = render_chat(template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+    rendered = await state.render(
+        partial(render_chat, template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+    )
     opts = resolve_options(stored.parameters, wire.options)
     internal = ollama.generate_request(str(stored.name), rendered, opts, keep_alive=keep_alive, json_schema=schema)
     return await _respond(
@@ -184,6 +194,7 @@ async def embed(request: Request) -> Response:
             keep_alive=keep_alive,
         ),
     )
+    state.metrics.observe_embedding(str(stored.name), result.prompt_eval_count)
     body = ollama.embed_response(wire.model, result, int((time.monotonic() - started) * 1e9))
     return JSONResponse(body)
 
@@ -209,5 +220,6 @@ async def embeddings(request: Request) -> Response:
             keep_alive=keep_alive,
         ),
     )
+    state.metrics.observe_embedding(str(stored.name), result.prompt_eval_count)
     vector: list[Any] = list(result.embeddings[0]) if result.embeddings else []
     return JSONResponse({"embedding": vector})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -47,7 +48,9 @@ async def chat_completions(request: Request) -> Response:
     opts = resolve_options(stored.parameters, requested, dialect_defaults=openai.DEFAULTS, prefix="")
     info = await state.gguf(stored)
     template = select_template(info, stored.template)
-    prompt = render_chat(template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+    prompt = await state.render(
+        partial(render_chat, template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+    )
     internal = ollama.generate_request(str(stored.name), prompt, opts, keep_alive=None, json_schema=schema)
     generation = await _start(state, stored, internal, started)
     completion_id, created = openai.new_id("chatcmpl"), int(time.time())
@@ -173,6 +176,7 @@ async def embeddings(request: Request) -> Response:
     result = await state.scheduler.embed(
         stored, EmbedRequest(model=str(stored.name), inputs=inputs, num_ctx=opts.num_ctx, num_gpu=opts.num_gpu)
     )
+    state.metrics.observe_embedding(str(stored.name), result.prompt_eval_count)
     return JSONResponse(
         openai.embeddings_response(
             wire.model, result.embeddings, result.prompt_eval_count, wire.encoding_format

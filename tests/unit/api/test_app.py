@@ -129,6 +129,10 @@ def test_metrics_of_requests_waiting_and_durations(client: TestClient, scheduler
     assert 'offload_requests_waiting{model="tiny:latest"} 0.0' in text
     assert 'offload_http_request_duration_seconds_count{route="/api/generate"} 1.0' in text
     assert "offload_http_requests_in_progress 1.0" in text  # the scrape itself
+    client.post("/api/embed", json={"model": "tiny", "input": ["a", "b"]})
+    client.post("/v1/embeddings", json={"model": "tiny", "input": "a"})
+    # 5 from the generation, 4 + 2 from the fake's embeddings (2 per input)
+    assert 'offload_prompt_tokens_total{model="tiny:latest"} 11.0' in client.get("/metrics").text
 
 
 def as_scheduler_like(scheduler: Scheduler) -> SchedulerLike:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from offload import errors
-from offload.models import templates
+from offload.models import sandbox, templates
 from offload.models.templates import (
     BUILTIN_TEMPLATES,
     ChatMessage,
@@ -335,10 +335,10 @@ def test_chat_message_is_frozen() -> None:
 
 def test_template_compiled_once() -> None:
     source = "{{ messages | length }} compiled-once marker"
-    before = templates._compile.cache_info().hits
+    before = sandbox.compiled_template.cache_info().hits
     assert render(source) == "4 compiled-once marker"
     assert render(source) == "4 compiled-once marker"
-    assert templates._compile.cache_info().hits == before + 1
+    assert sandbox.compiled_template.cache_info().hits == before + 1
 
 
 # --- failures and the sandbox --------------------------------------------------------------
