@@ -26,6 +26,7 @@ import importlib.util
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,9 @@ def schema_text(schema: dict[str, Any], param: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _converter() -> Any:
     """llama-cpp-python's llama_grammar.py as a standalone module (stdlib imports only), or None if absent."""
-    spec = importlib.util.find_spec("llama_cpp")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
     path = next(
-        (Path(place) / "llama_grammar.py" for place in locations if (Path(place) / "llama_grammar.py").is_file()), None
+        (Path(place) / "llama_grammar.py" for place in _package_dirs() if (Path(place) / "llama_grammar.py").is_file()),
+        None,
     )
     if path is None:
         log.warning("llama-cpp-python's schema converter not found; schemas are checked by the runner only")
@@ -85,6 +85,19 @@ def _converter() -> Any:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def _package_dirs() -> list[str]:
+    """Where llama-cpp-python is installed, without importing it (a process that loaded its bare bindings, as a
+    runner does, holds a stand-in package whose __path__ says the same)."""
+    loaded = sys.modules.get("llama_cpp")
+    if loaded is not None:
+        return list(getattr(loaded, "__path__", None) or [])
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return []
+    return list(spec.submodule_search_locations or []) if spec is not None else []
 
 
 def _check_converts(text: str, param: str) -> None:
