@@ -121,9 +121,9 @@ def llama_server(exe: str, model: Path, slots: int, ctx_per_slot: int, threads: 
 
 @contextlib.contextmanager
 def offload_server(
-    model: Path, slots: int, ctx_per_slot: int, threads: int, extra: dict[str, str]
+    model: Path, slots: int, ctx_per_slot: int, threads: int, extra: dict[str, str], log_to: Path | None = None
 ) -> Iterator[tuple[str, int]]:
-    """(base URL, server pid)."""
+    """(base URL, server pid); the server's log is written to `log_to` at the end."""
     with tempfile.TemporaryDirectory(prefix="offload-bench-") as tmp:
         home = Path(tmp)
         Store(home / "models").import_gguf(MODEL_NAME, model)
@@ -140,6 +140,9 @@ def offload_server(
             raise
         finally:
             server.stop()
+            if log_to is not None:
+                log_to.parent.mkdir(parents=True, exist_ok=True)
+                log_to.write_text(server.log())
 
 
 def make_prompts(tokenizer_url: str, n: int, length: int, seed: int) -> list[str]:
@@ -288,7 +291,8 @@ def main() -> int:
             warm = make_prompts(ref, 1, args.prompt_tokens, seed=-1)[0]
             theirs = measure(ref, MODEL_NAME, warm, prompts, args.gen)
             print("llama-server:", {n: round(v.tokens_per_s, 1) for n, v in theirs.items()}, flush=True)
-        with offload_server(model, slots, ctx_per_slot, args.threads, extra) as (our, pid):
+        log_to = args.profile_dir / "offload-server.log" if args.py_spy else None
+        with offload_server(model, slots, ctx_per_slot, args.threads, extra, log_to) as (our, pid):
             profiler = Profiler(args.py_spy, pid, args.profile_dir) if args.py_spy else None
             ours = measure(our, MODEL_NAME, warm, prompts, args.gen, profiler)
             print("offload:", {n: round(v.tokens_per_s, 1) for n, v in ours.items()}, flush=True)

@@ -155,7 +155,8 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         gpu_memory=process_gpu_memory(os.getpid()) if gpus else None,
         n_seq_max=n_seq_max,
     )
-    return Engine(model, context, emit, n_threads=threads, invariant=invariant), info
+    engine = Engine(model, context, emit, n_threads=threads, invariant=invariant, sampling_threads=threads)
+    return engine, info
 
 
 def _total_context(n_ctx: int, n_seq_max: int, n_ctx_train: int) -> int:

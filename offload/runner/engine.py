@@ -27,6 +27,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from offload.errors import ContextLengthExceeded, OffloadError
@@ -63,6 +64,29 @@ class Sequence:
 
 
 @dataclass
+class BusyPeriod:
+    """Where the loop's time went from the step that found work to the one that left none: logged as one line,
+    the first thing to read when the engine is slower than llama.cpp's own tools."""
+
+    started: float = 0.0
+    steps: int = 0
+    evaluated: int = 0  # tokens through llama_decode (prompt and generated)
+    sampled: int = 0
+    decode_s: float = 0.0
+    sample_s: float = 0.0
+    output_s: float = 0.0  # postprocess: detokenize, stop strings, emit
+
+    def line(self, ended: float) -> str:
+        wall = ended - self.started
+        rest = wall - self.decode_s - self.sample_s - self.output_s
+        return (
+            f"busy {wall:.2f} s: {self.steps} steps, {self.evaluated} tokens evaluated, {self.sampled} sampled "
+            f"({self.sampled / max(self.steps, 1):.1f} per step); llama_decode {self.decode_s:.2f} s, sampling "
+            f"{self.sample_s:.2f} s, output {self.output_s:.2f} s, between steps {rest:.2f} s"
+        )
+
+
+@dataclass
 class Slot:
     """One of the context's sequences (seq_id) and what its part of the KV cache holds."""
 
@@ -82,13 +106,28 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class Engine:
     def __init__(
-        self, model: Model, context: Context, emit: Emit, *, n_threads: int, invariant: bool = False
+        self,
+        model: Model,
+        context: Context,
+        emit: Emit,
+        *,
+        n_threads: int,
+        invariant: bool = False,
+        sampling_threads: int = 1,
     ) -> None:
+        """`sampling_threads` > 1: sequences are sampled on that many threads (see _sample)."""
         self.model = model
         self.context = context
         self.emit = emit
         self.n_threads = n_threads
         self.invariant = invariant
+        self.busy = BusyPeriod()
+        self._sampling_threads = max(1, sampling_threads)
+        self._pool = (
+            ThreadPoolExecutor(self._sampling_threads, thread_name_prefix="runner-sample")
+            if self._sampling_threads > 1
+            else None
+        )
         self.waiting: deque[tuple[str, GenerateRequest]] = deque()
         self.slots = [Slot(seq_id) for seq_id in range(context.n_seq_max)]
         self.active: list[Sequence] = []  # in arrival order: prefill chunks are handed out in this order
@@ -114,12 +153,20 @@ class Engine:
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def step(self) -> None:
+        busy = self.busy
+        if busy.steps == 0:
+            busy.started = time.perf_counter()
         active = self.schedule()
-        if not active:
-            return
-        parts = self.run(active)
-        for seq, token in parts:
-            self.postprocess(seq, token)
+        if active:
+            busy.steps += 1
+            parts = self.run(active)
+            started = time.perf_counter()
+            for seq, token in parts:
+                self.postprocess(seq, token)
+            busy.output_s += time.perf_counter() - started
+        if not self.has_work() and busy.steps:
+            log.info("runner %s", busy.line(time.perf_counter()))
+            self.busy = BusyPeriod()
 
     def schedule(self) -> list[Sequence]:
         """Drop cancelled sequences, admit waiting requests into free slots; the sequences to step."""
@@ -187,21 +234,46 @@ class Engine:
 
     def _evaluate(self, call: list[tuple[Sequence, BatchPart]]) -> list[tuple[Sequence, int]]:
         ctx = self.context
+        started = time.perf_counter()
         try:
             rows = ctx.decode_parts([part for _, part in call])
         except OffloadError as exc:
             for seq, _ in call:
                 self.fail(seq, exc)
             return []
-        sampled: list[tuple[Sequence, int]] = []
+        pending: list[tuple[Sequence, int]] = []
         for (seq, part), row in zip(call, rows, strict=True):
             seq.n_cached += len(part.tokens)
             if row is None:
                 continue
             if not seq.prompt_done_ns:
                 seq.prompt_done_ns = time.perf_counter_ns()
-            sampled.append((seq, seq.sampler.sample(ctx, row)))
+            pending.append((seq, row))
+        decoded = time.perf_counter()
+        sampled = self._sample(pending)
+        busy = self.busy
+        busy.decode_s += decoded - started
+        busy.sample_s += time.perf_counter() - decoded
+        busy.evaluated += sum(len(part.tokens) for _, part in call)
+        busy.sampled += len(sampled)
         return sampled
+
+    def _sample(self, pending: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
+        """Each sequence's next token from its output row. A sampler chain reads the shared logits and changes
+        only its own state, and the ctypes call releases the GIL, so groups of sequences sample on the pool's
+        threads at once: over a 128k-262k vocabulary this was a third of the decode loop at 64 streams on an H200
+        (docs/BENCHMARKS.md)."""
+        ctx = self.context
+        if self._pool is None or len(pending) < 2:
+            return [(seq, seq.sampler.sample(ctx, row)) for seq, row in pending]
+        n_groups = min(self._sampling_threads, len(pending))
+        groups = [pending[i::n_groups] for i in range(n_groups)]
+
+        def sample_group(group: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
+            return [(seq, seq.sampler.sample(ctx, row)) for seq, row in group]
+
+        by_seq = {id(seq): token for group in self._pool.map(sample_group, groups) for seq, token in group}
+        return [(seq, by_seq[id(seq)]) for seq, _ in pending]  # in batch order, as postprocess expects
 
     def postprocess(self, seq: Sequence, token: int) -> None:
         if self.model.is_end(token) or token in seq.stop_tokens:
@@ -331,7 +403,13 @@ class Engine:
             self._embedder = embedder
         return self._embedder
 
+    def stop_sampling_threads(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def close(self) -> None:
+        self.stop_sampling_threads()
         if self._embedder is not None:
             self._embedder.close()
         self.context.close()

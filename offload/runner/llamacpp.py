@@ -268,9 +268,10 @@ class Context:
         embeddings: bool = False,
         pooling: int = -1,
         flash_attn: bool = True,
+        kv_unified: bool = False,
     ) -> None:
         """`flash_attn` False turns flash attention off; True leaves llama.cpp's choice (on where the backend has
-        it)."""
+        it). `kv_unified`: one KV cache shared by all sequences instead of n_ctx / n_seq_max cells each."""
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -283,6 +284,7 @@ class Context:
         params.no_perf = True
         if not flash_attn:
             params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.kv_unified = kv_unified
         handle = C.llama_init_from_model(model.handle, params)
         if not handle:
             raise RunnerStartFailed(f"llama.cpp could not create a context of {n_ctx} tokens")

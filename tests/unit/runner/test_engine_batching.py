@@ -100,6 +100,20 @@ def test_eight_streams_are_admitted_at_once_and_batched(batched: Batched) -> Non
     assert steps < 3 * N_PREDICT
 
 
+def test_sampling_on_several_threads_gives_what_one_thread_gives(batched: Batched) -> None:
+    texts = []
+    for threads in (1, 4):
+        run = Run()
+        engine = Engine(batched.model, batched.context, run, n_threads=batched.threads, sampling_threads=threads)
+        for i in range(SLOTS):
+            engine.submit(f"s{i}", request(i))
+        drain(engine)
+        engine.stop_sampling_threads()
+        texts.append([(run.text(f"s{i}"), run.final(f"s{i}")["eval_count"]) for i in range(SLOTS)])
+    assert texts[0] == texts[1]
+    assert all(count >= 1 for _, count in texts[0])
+
+
 def test_eight_streams_together_give_what_each_gives_alone(starter_model: Path) -> None:
     """Through the real runner process in batch-invariant mode: each of 8 requests with its own sampling settings
     and seed, run alone one after another, then all 8 at once; every text and token count must be identical.

@@ -1,0 +1,96 @@
+"""The runner's engine without HTTP or the socket: N sequences of P prompt tokens each generating G tokens
+(temperature 0.8), all submitted at once, through offload.runner.engine.Engine in this process. Prints decode
+tokens/s (generated tokens / time from the first to the last generated token) and the time per step. A probe for
+where the time goes, beside bench/concurrency.py.
+
+    python bench/engine_direct.py MODEL.gguf [--parallel 64] [--prompt-tokens 128] [--gen 128] [--gpu-layers 999]
+        [--sampling-threads N] [--kv-unified]
+"""
+
+from __future__ import annotations
+
+# isort: off
+from offload.runner.llamacpp import Context, Model  # llama.cpp before anything that may import numpy
+
+# isort: on
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from offload.generation import GenerateRequest, SamplingOptions  # noqa: E402
+from offload.hardware.cpu import physical_cores  # noqa: E402
+from offload.runner.engine import Engine  # noqa: E402
+from offload.runner.protocol import Message  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--parallel", type=int, default=64)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--gen", type=int, default=128)
+    parser.add_argument("--gpu-layers", type=int, default=999)
+    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--sampling-threads", type=int, default=1)
+    parser.add_argument("--kv-unified", action="store_true")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--before", default="", help="rounds of N sequences run first on the same engine, e.g. 1,4,16")
+    parser.add_argument("--invariant", action="store_true", help="batch-invariant mode, as the runner sets it up")
+    args = parser.parse_args()
+    if args.invariant:
+        os.environ["GGML_CPU_TILED_MM"] = "0"  # as offload.runner.__main__ does
+    model = Model(str(args.model), args.gpu_layers, repack=not args.invariant)
+    context = Context(model, n_ctx=(args.prompt_tokens + args.gen + 64) * args.parallel, n_batch=args.batch,
+                      n_threads=args.threads, n_seq_max=args.parallel, kv_unified=args.kv_unified,
+                      flash_attn=not args.invariant)
+    first_token: list[float] = []
+
+    def emit(message: Message) -> None:
+        if message.get("op") == "chunk" and not first_token and str(message.get("id", "")).startswith("r"):
+            first_token.append(time.perf_counter())
+
+    engine = Engine(model, context, emit, n_threads=args.threads, sampling_threads=args.sampling_threads,
+                    invariant=args.invariant)
+    rng = random.Random(0)
+    vocab = model.facts.n_vocab
+    for n in [int(x) for x in args.before.split(",") if x]:  # earlier rounds on the same engine, not measured
+        for i in range(n):
+            ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
+            engine.submit(f"b{n}-{i}", GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen))
+        while engine.has_work():
+            engine.step()
+    first_token.clear()
+    for i in range(args.parallel):
+        # A prompt of exactly prompt-tokens token ids, sent as context (no tokenizing): prompt text is the rest.
+        ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
+        request = GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen,
+                                  sampling=SamplingOptions(temperature=0.8, top_k=40, top_p=0.9, seed=i))
+        engine.submit(f"r{i}", request)
+    started = time.perf_counter()
+    steps = 0
+    step_times: list[float] = []
+    while engine.has_work():
+        t0 = time.perf_counter()
+        engine.step()
+        step_times.append(time.perf_counter() - t0)
+        steps += 1
+    ended = time.perf_counter()
+    generated = args.parallel * args.gen
+    decode_s = ended - (first_token[0] if first_token else started)
+    step_times.sort()
+    print(f"parallel {args.parallel} sampling_threads {args.sampling_threads} kv_unified {args.kv_unified} "
+          f"invariant {args.invariant}: "
+          f"{generated / decode_s:.1f} tok/s decode, {generated / (ended - started):.1f} tok/s overall, {steps} steps, "
+          f"median step {step_times[len(step_times) // 2] * 1000:.2f} ms", flush=True)
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
