@@ -26,6 +26,10 @@ class SamplingOptions:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None  # None: a fresh random seed per request
+    mirostat: int = 0  # 0 off, 1 Mirostat, 2 Mirostat 2.0: replaces top-k/top-p/min-p/typical when on
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); OpenAI's logit_bias
 
 
 @dataclass(frozen=True, slots=True)

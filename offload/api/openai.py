@@ -6,9 +6,11 @@ import base64
 import secrets
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from offload.api.ollama import normalized, output_schema
+from offload.api.options import INT32_MAX, ResolvedOptions
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIMessage, OpenAISampling
 from offload.errors import BadRequest, UnsupportedByModel
 from offload.generation import JSON_OBJECT_SCHEMA, Chunk
@@ -58,6 +60,31 @@ def options(wire: OpenAISampling, max_tokens: int | None) -> dict[str, Any]:
         }.items()
         if value is not None
     }
+
+
+MAX_LOGIT_BIAS = 1024  # entries; OpenAI's own limit is 300
+_MAX_BIAS = 100.0
+
+
+def logit_bias(wire: OpenAISampling) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias ({"token id": bias in [-100, 100]}) as (token, bias) pairs; BadRequest naming the entry
+    that is not a token id or is out of range. Ids past the model's vocabulary are refused by the runner."""
+    if not wire.logit_bias:
+        return ()
+    if len(wire.logit_bias) > MAX_LOGIT_BIAS:
+        raise BadRequest(f"logit_bias has {len(wire.logit_bias)} entries; at most {MAX_LOGIT_BIAS}", param="logit_bias")
+    pairs = []
+    for key, bias in wire.logit_bias.items():
+        if not key.isascii() or not key.isdigit() or int(key) > INT32_MAX:
+            raise BadRequest(f"logit_bias key {key!r} is not a token id", param="logit_bias")
+        if not -_MAX_BIAS <= bias <= _MAX_BIAS:
+            raise BadRequest(f"logit_bias for token {key} is {bias}; it must be in [-100, 100]", param="logit_bias")
+        pairs.append((int(key), float(bias)))
+    return tuple(sorted(pairs))
+
+
+def with_logit_bias(options: ResolvedOptions, bias: tuple[tuple[int, float], ...]) -> ResolvedOptions:
+    return replace(options, sampling=replace(options.sampling, logit_bias=bias)) if bias else options
 
 
 def chat_options(wire: OpenAIChat) -> dict[str, Any]:

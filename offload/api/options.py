@@ -32,6 +32,9 @@ _SAMPLING_KEYS = frozenset(
         "repeat_last_n",
         "presence_penalty",
         "frequency_penalty",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
     }
 )
 _UNIT_FRACTIONS = (0, 1)

@@ -133,6 +133,7 @@ class OpenAISampling(_Wire):
     seed: int | None = None
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
     n: int | None = None
     user: str | None = None
 

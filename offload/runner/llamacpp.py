@@ -374,6 +374,21 @@ def schema_grammar(schema: str) -> str:
         raise BadRequest(f"invalid JSON schema for structured output: {exc}", param="format") from exc
 
 
+_MIROSTAT_M = 100  # candidates Mirostat 1 estimates s_hat from (the paper's and llama.cpp's value)
+
+
+def _logit_bias_sampler(bias: Sequence[tuple[int, float]], n_vocab: int, chain: Any) -> Any:
+    """llama.cpp's logit-bias sampler; BadRequest (and `chain` freed) for a token id outside the vocabulary."""
+    for token, _ in bias:
+        if not 0 <= token < n_vocab:
+            C.llama_sampler_free(chain)
+            raise BadRequest(
+                f"logit_bias names token {token}; this model's tokens are 0-{n_vocab - 1}", param="logit_bias"
+            )
+    entries = (C.llama_logit_bias * len(bias))(*(C.llama_logit_bias(token, value) for token, value in bias))
+    return C.llama_sampler_init_logit_bias(n_vocab, len(bias), entries)
+
+
 class Sampler:
     """llama.cpp's native sampler chain for one request's settings.
 
@@ -397,7 +412,10 @@ class Sampler:
                 C.llama_sampler_free(chain)
                 raise BadRequest("llama.cpp could not parse the grammar made from the JSON schema", param="format")
             add(chain, constraint)
+        if options.logit_bias:
+            add(chain, _logit_bias_sampler(options.logit_bias, n_vocab, chain))
         greedy = options.temperature <= 0
+        mirostat = 0 if greedy else options.mirostat
         top_k = 1 if greedy else options.top_k
         last_n = options.repeat_last_n if options.repeat_last_n >= 0 else n_vocab
         penalized = last_n > 0 and (
@@ -407,7 +425,8 @@ class Sampler:
             lowers_only = (
                 options.repeat_penalty >= 1.0 and options.presence_penalty >= 0 and options.frequency_penalty >= 0
             )
-            if lowers_only and top_k > 0 and top_k + last_n < n_vocab:
+            # Not with Mirostat: it reads the whole distribution, which pruning would renormalize.
+            if lowers_only and top_k > 0 and not mirostat and top_k + last_n < n_vocab:
                 add(chain, C.llama_sampler_init_top_k(top_k + last_n))
             add(
                 chain,
@@ -417,6 +436,13 @@ class Sampler:
             )
         if greedy:
             add(chain, C.llama_sampler_init_greedy())
+        elif mirostat:  # as llama.cpp's own samplers: temperature, then Mirostat picks the token
+            add(chain, C.llama_sampler_init_temp(options.temperature))
+            tau, eta = options.mirostat_tau, options.mirostat_eta
+            if mirostat == 1:
+                add(chain, C.llama_sampler_init_mirostat(n_vocab, seed & 0xFFFFFFFF, tau, eta, _MIROSTAT_M))
+            else:
+                add(chain, C.llama_sampler_init_mirostat_v2(seed & 0xFFFFFFFF, tau, eta))
         else:
             if top_k > 0:
                 add(chain, C.llama_sampler_init_top_k(top_k))

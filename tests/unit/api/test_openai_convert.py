@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from offload.api import openai
+from offload.api.options import resolve_options
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIMessage
 from offload.errors import BadRequest, UnsupportedByModel
 from offload.generation import Chunk
@@ -213,3 +214,31 @@ def test_ids_are_unique_and_prefixed() -> None:
     ids = {openai.new_id("chatcmpl") for _ in range(100)}
     assert len(ids) == 100
     assert all(i.startswith("chatcmpl-") and "-" not in i[len("chatcmpl-") :] for i in ids)
+
+
+def test_logit_bias_becomes_sorted_token_pairs_on_the_sampling_options() -> None:
+    wire = OpenAICompletion.model_validate({"model": "m", "prompt": "x", "logit_bias": {"50": -100, "7": 2.5}})
+    bias = openai.logit_bias(wire)
+    assert bias == ((7, 2.5), (50, -100.0))
+    resolved = openai.with_logit_bias(resolve_options({}, openai.completion_options(wire)), bias)
+    assert resolved.sampling.logit_bias == bias
+    assert openai.logit_bias(OpenAICompletion.model_validate({"model": "m", "prompt": "x"})) == ()
+
+
+@pytest.mark.parametrize(
+    "bias",
+    [
+        {"abc": 1},
+        {"-3": 1},
+        {"1.5": 1},
+        {"\u0661": 1},  # an Arabic-Indic digit: str.isdigit() says yes, a token id it is not
+        {str(2**31): 1},
+        {"5": 100.5},
+        {"5": -101},
+        {str(i): 1 for i in range(openai.MAX_LOGIT_BIAS + 1)},
+    ],
+)
+def test_bad_logit_bias_is_refused(bias: dict[str, float]) -> None:
+    with pytest.raises(BadRequest) as raised:
+        openai.logit_bias(OpenAIChat.model_validate({"model": "m", "messages": [], "logit_bias": bias}))
+    assert raised.value.param == "logit_bias"

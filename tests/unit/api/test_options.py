@@ -47,6 +47,9 @@ def test_request_wins_over_model_parameters_which_win_over_dialect_defaults() ->
         ({"repeat_last_n": -1}, "repeat_last_n", -1),
         ({"frequency_penalty": -1.5}, "frequency_penalty", -1.5),
         ({"temperature": 0}, "temperature", 0.0),
+        ({"mirostat": 2}, "mirostat", 2),
+        ({"mirostat_tau": 3.5}, "mirostat_tau", 3.5),
+        ({"mirostat_eta": 0.05}, "mirostat_eta", 0.05),
     ],
 )
 def test_values(options: dict[str, Any], field: str, expected: Any) -> None:
