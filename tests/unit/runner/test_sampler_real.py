@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,15 +34,20 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Model, Co
     model.close()
 
 
+def _penalized_chain(options: SamplingOptions, n_vocab: int) -> Any:
+    """A new chain whose first sampler penalizes over the full vocabulary."""
+    chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+    C.llama_sampler_chain_add(chain, C.llama_sampler_init_penalties(
+        n_vocab, options.repeat_last_n, options.repeat_penalty, options.frequency_penalty, options.presence_penalty))
+    return chain
+
+
 class TextbookSampler(Sampler):
     """penalties -> top_k -> top_p -> temp -> dist over the full vocabulary, the order llama.cpp documents."""
 
     def __init__(self, options: SamplingOptions, n_vocab: int, seed: int) -> None:
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        chain = _penalized_chain(options, n_vocab)
         add = C.llama_sampler_chain_add
-        add(chain, C.llama_sampler_init_penalties(
-            n_vocab, options.repeat_last_n, options.repeat_penalty, options.frequency_penalty,
-            options.presence_penalty))
         if options.temperature <= 0:
             add(chain, C.llama_sampler_init_greedy())
         else:
@@ -88,11 +94,8 @@ class TextbookMirostat(Sampler):
     """penalties over the full vocabulary -> temp -> Mirostat, as llama.cpp's own common sampler builds it."""
 
     def __init__(self, options: SamplingOptions, n_vocab: int, seed: int) -> None:
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        chain = _penalized_chain(options, n_vocab)
         add = C.llama_sampler_chain_add
-        add(chain, C.llama_sampler_init_penalties(
-            n_vocab, options.repeat_last_n, options.repeat_penalty, options.frequency_penalty,
-            options.presence_penalty))
         add(chain, C.llama_sampler_init_temp(options.temperature))
         if options.mirostat == 1:
             add(chain, C.llama_sampler_init_mirostat(n_vocab, seed, options.mirostat_tau, options.mirostat_eta, 100))
