@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--before", default="", help="rounds of N sequences run first on the same engine, e.g. 1,4,16")
     parser.add_argument("--invariant", action="store_true", help="batch-invariant mode, as the runner sets it up")
+    parser.add_argument("--bos", action="store_true", help="prompts start with BOS, as tokenized text does")
     args = parser.parse_args()
     if args.invariant:
         os.environ["GGML_CPU_TILED_MM"] = "0"  # as offload.runner.__main__ does
@@ -62,6 +63,7 @@ def main() -> int:
     for n in [int(x) for x in args.before.split(",") if x]:  # earlier rounds on the same engine, not measured
         for i in range(n):
             ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
+            ids = (model.bos, *ids[1:]) if args.bos else ids
             engine.submit(f"b{n}-{i}", GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen))
         while engine.has_work():
             engine.step()
@@ -69,6 +71,7 @@ def main() -> int:
     for i in range(args.parallel):
         # A prompt of exactly prompt-tokens token ids, sent as context (no tokenizing): prompt text is the rest.
         ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
+        ids = (model.bos, *ids[1:]) if args.bos else ids
         request = GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen,
                                   sampling=SamplingOptions(temperature=0.8, top_k=40, top_p=0.9, seed=i))
         engine.submit(f"r{i}", request)

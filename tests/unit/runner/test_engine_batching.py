@@ -260,10 +260,18 @@ def test_json_schema_output_parses_and_validates(batched: Batched) -> None:
     assert run.final("free")["eval_count"] == N_PREDICT  # free text beside them: not constrained, not cut short
 
 
-def test_a_schema_the_converter_cannot_read_is_a_bad_request(batched: Batched) -> None:
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "{not json",
+        '{"type": "no-such-type"}',  # the converter asserts on it: once a dead runner and a 500
+        '{"$ref": "#/definitions/missing"}',
+    ],
+)
+def test_a_schema_the_converter_cannot_read_is_a_bad_request(batched: Batched, schema: str) -> None:
     run = Run()
     engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
-    engine.submit("bad", GenerateRequest(model="m", prompt="x", json_schema="{not json"))
+    engine.submit("bad", GenerateRequest(model="m", prompt="x", json_schema=schema))
     drain(engine)
     (error,) = run.of("bad")
     assert error["op"] == "error" and error["code"] == "invalid_request_error"
