@@ -21,6 +21,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def children(parent_pid: int, marker: bytes) -> list[int]:
+    """Processes whose parent is `parent_pid` and whose command line holds `marker`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == parent_pid and marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` (R, S, T, Z...), None once it is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class ServerProcess:
     def __init__(self, home: Path, *, extra_env: dict[str, str] | None = None) -> None:
         self.home = home
@@ -48,6 +73,11 @@ class ServerProcess:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log()}")
+
+    def runner_pids(self) -> list[int]:
+        """The server's runner subprocesses (children running `python -m offload.runner`)."""
+        assert self.proc is not None
+        return children(self.proc.pid, b"offload.runner")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
