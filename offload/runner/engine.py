@@ -75,14 +75,19 @@ class BusyPeriod:
     decode_s: float = 0.0
     sample_s: float = 0.0
     output_s: float = 0.0  # postprocess: detokenize, stop strings, emit
+    # llama_decode calls holding only one token per sequence (steady decoding) apart from those with prompt chunks
+    pure_calls: int = 0
+    pure_s: float = 0.0
 
     def line(self, ended: float) -> str:
         wall = ended - self.started
         rest = wall - self.decode_s - self.sample_s - self.output_s
+        pure = f"{self.pure_s / self.pure_calls * 1000:.2f} ms" if self.pure_calls else "-"
         return (
             f"busy {wall:.2f} s: {self.steps} steps, {self.evaluated} tokens evaluated, {self.sampled} sampled "
-            f"({self.sampled / max(self.steps, 1):.1f} per step); llama_decode {self.decode_s:.2f} s, sampling "
-            f"{self.sample_s:.2f} s, output {self.output_s:.2f} s, between steps {rest:.2f} s"
+            f"({self.sampled / max(self.steps, 1):.1f} per step); llama_decode {self.decode_s:.2f} s "
+            f"({self.pure_calls} calls of decode tokens only, {pure} each), sampling {self.sample_s:.2f} s, "
+            f"output {self.output_s:.2f} s, between steps {rest:.2f} s"
         )
 
 
@@ -253,6 +258,9 @@ class Engine:
         sampled = self._sample(pending)
         busy = self.busy
         busy.decode_s += decoded - started
+        if all(len(part.tokens) == 1 for _, part in call):
+            busy.pure_calls += 1
+            busy.pure_s += decoded - started
         busy.sample_s += time.perf_counter() - decoded
         busy.evaluated += sum(len(part.tokens) for _, part in call)
         busy.sampled += len(sampled)
