@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from offload.backend_plan import BackendPlan, Candidate, gpu_layers_for, plan_for
 from offload.config import Settings
 from offload.durations import parse_keep_alive
-from offload.errors import BackendUnusable, OutOfMemory, PlanRefused, ServerBusy
+from offload.errors import BackendUnusable, OutOfMemory, PlanRefused, RunnerError, ServerBusy
 from offload.eviction import make_room
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.loaded import (
@@ -80,6 +80,10 @@ _REAP_INTERVAL = 1.0
 MIN_AUTO_CTX = 2048  # on "auto" the planner may shrink the context to this before it moves layers off the GPU
 MODELS_PER_DEVICE = 3  # max_loaded_models 0: this many per GPU, or on the CPU
 RETRY_AFTER_S = 2  # what a 503 tells the client to wait
+HEALTH_TIMEOUT_S = 5.0  # a runner that does not answer a ping within this fails /health (stopped, or starved)
+# A runner inside one decode step (one llama_decode of at most num_batch tokens, or one embedding) for longer fails
+# /health: generous, since a big model's prompt chunk on a slow CPU takes tens of seconds.
+STEP_LIMIT_S = 120.0
 
 RunnerFactory = Callable[[LoadOptions, str, Path | None], Runner]
 PlanFactory = Callable[[Settings], BackendPlan]
@@ -177,6 +181,25 @@ class Scheduler:
         async with self._cond:
             self._cond.notify_all()
         return True
+
+    async def health(self) -> dict[str, str]:
+        """What keeps each loaded model from generating, by name; empty when every runner answers a ping within
+        HEALTH_TIMEOUT_S and is not stuck in one step for more than STEP_LIMIT_S. A runner that died counts until
+        the next request for its model replaces it (or its keep_alive ends): the generation path is broken until
+        then."""
+        entries = list(self._loaded.items())
+        found = await asyncio.gather(*(self._problem(entry) for _, entry in entries))
+        return {name: problem for (name, _), problem in zip(entries, found, strict=True) if problem is not None}
+
+    @staticmethod
+    async def _problem(entry: Loaded) -> str | None:
+        try:
+            busy = await entry.runner.ping(HEALTH_TIMEOUT_S)
+        except RunnerError as exc:
+            return exc.message
+        if busy > STEP_LIMIT_S:
+            return f"its runner has been inside one step for {busy:.0f} s (stuck in llama.cpp?)"
+        return None
 
     def running(self) -> list[RunningModel]:
         return [

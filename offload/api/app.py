@@ -115,7 +115,18 @@ def create_app(settings: Settings, store: Store, scheduler: SchedulerLike) -> Fa
 
     @app.get("/health")
     async def health() -> Response:
-        return JSONResponse({"status": "ok"})
+        """200 {"status": "ok"} when every loaded runner answers (nothing loaded is healthy: the next request
+        loads); 503 when one is dead, stopped or stuck. The names and reasons go to the log, and to the client
+        only when no API key is set (this route needs none, and /api/ps, which names models, does)."""
+        problems = await scheduler.health()
+        if not problems:
+            return JSONResponse({"status": "ok"})
+        for name, problem in problems.items():
+            log.warning("health: %s cannot generate: %s", name, problem)
+        body: dict[str, object] = {"status": "unhealthy", "error": f"{len(problems)} loaded model(s) cannot generate"}
+        if key is None:
+            body["models"] = dict(problems)
+        return JSONResponse(body, status_code=503)
 
     @app.get("/api/version")
     @app.head("/api/version")

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +69,10 @@ class SchedulerLike(Protocol):
     async def load(self, model: StoredModel, keep_alive: float | None) -> int: ...
     async def unload(self, name: str) -> bool: ...
     def running(self) -> Sequence[RunningModelLike]: ...
+    async def health(self) -> Mapping[str, str]:
+        """What keeps each loaded model from generating, by model name; empty when every runner is well."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -41,10 +41,34 @@ EXIT_UNUSABLE = 78
 log = logging.getLogger("offload.runner")
 
 
-def _reader(channel: SyncChannel, inbox: queue.Queue[Message | None]) -> None:
+class _Busy:
+    """When the main thread entered the step (or request) it is in, for the reader thread's answers to pings."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def seconds(self) -> float:
+        since = self._since
+        return 0.0 if since is None else time.monotonic() - since
+
+
+def _reader(channel: SyncChannel, inbox: queue.Queue[Message | None], busy: _Busy) -> None:
+    """Frames to the inbox, except pings: answered here, so that a long llama_decode does not look like a hang, while
+    a stopped process (or one whose step never ends: `busy` grows) does."""
     try:
         while (message := channel.receive()) is not None:
-            inbox.put(message)
+            if message.get("op") == "ping":
+                channel.send({"op": "pong", "id": message.get("id"), "busy": round(busy.seconds(), 3)})
+            else:
+                inbox.put(message)
     except (OSError, ValueError) as exc:
         log.error("runner: reading from the server failed: %s", exc)
     inbox.put(None)  # the server went away
@@ -218,18 +242,21 @@ def serve(channel: SyncChannel) -> int:
     channel.send({"op": "loaded", "info": to_wire(info)})
 
     inbox: queue.Queue[Message | None] = queue.Queue()
-    threading.Thread(target=_reader, args=(channel, inbox), name="runner-reader", daemon=True).start()
+    busy = _Busy()
+    threading.Thread(target=_reader, args=(channel, inbox, busy), name="runner-reader", daemon=True).start()
     try:
         while True:
             # Block only when there is nothing to decode; otherwise take what arrived and step.
             try:
                 message = inbox.get(block=not engine.has_work())
             except queue.Empty:
-                engine.step()
+                with busy.step():
+                    engine.step()
                 continue
             if message is None or message["op"] == "shutdown":
                 return 0
-            _handle(engine, channel, message)
+            with busy.step():
+                _handle(engine, channel, message)
     finally:
         engine.close()
 

@@ -28,6 +28,7 @@ from offload.errors import (
     OffloadError,
     OutOfMemory,
     RunnerCrashed,
+    RunnerError,
     RunnerStartFailed,
     from_code,
 )
@@ -209,6 +210,17 @@ class RunnerProcess:
     async def tokenize(self, text: str) -> list[int]:
         message = await self._call({"op": "tokenize", "text": text}, "tokens")
         return [int(t) for t in message["tokens"]]
+
+    async def ping(self, timeout: float) -> float:
+        """Seconds the runner's loop has been inside its current step (0 between steps), as the runner reports it.
+        RunnerCrashed when it is not running; RunnerError when it does not answer within `timeout` (stopped,
+        or too starved to answer)."""
+        try:
+            message = await asyncio.wait_for(self._call({"op": "ping"}, "pong"), timeout)
+        except TimeoutError:
+            raise RunnerError(f"runner for {self.name} did not answer within {timeout:.0f} s") from None
+        busy = message.get("busy")
+        return float(busy) if isinstance(busy, int | float) and not isinstance(busy, bool) else 0.0
 
     async def _call(self, message: Message, reply_op: str) -> Message:
         request_id, replies = self._open()

@@ -9,10 +9,13 @@ Server -> runner                                  Runner -> server
   {"op":"embed", "id", "request": EmbedRequest}     {"op":"embeddings", "id", "result": EmbedResult}
   {"op":"tokenize", "id", "text"}                   {"op":"tokens", "id", "tokens": [...]}
   {"op":"cancel", "id"}                             (the request ends with a chunk done_reason="cancel")
+  {"op":"ping", "id"}                               {"op":"pong", "id", "busy": seconds in the current step}
   {"op":"shutdown"}                                 (the runner exits 0)
 Any request may instead end with {"op":"error", "id", "code", "message"}; `code` is an errors.py code.
 The error reply to `load` with code "out_of_memory" also carries "device" (llama.cpp's name, "CUDA0") and
 "requested" (bytes), each null where llama.cpp's log did not say; the runner then exits 1, as for any load failure.
+A ping is answered by the runner's reader thread, not its decode loop, so it answers during a long step too: a
+runner that does not answer is stopped or starved, one whose `busy` keeps growing is stuck inside llama.cpp.
 A runner that dies simply closes the socket: the server turns that into RunnerCrashed for every open request.
 """
 

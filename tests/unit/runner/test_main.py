@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +159,27 @@ def test_load_rejects_a_bad_tensor_split(starter_model: Path, split: tuple[float
     with pytest.raises(RunnerStartFailed, match=reason) as caught:
         runner_main._load(options, lambda message: None)
     assert type(caught.value) is RunnerStartFailed
+
+
+def test_pings_are_answered_by_the_reader_with_the_time_in_the_current_step() -> None:
+    server_end, runner_end = socket.socketpair()
+    server, runner = SyncChannel(server_end), SyncChannel(runner_end)
+    inbox: queue.Queue[Message | None] = queue.Queue()
+    busy = runner_main._Busy()
+    reader = threading.Thread(target=runner_main._reader, args=(runner, inbox, busy), daemon=True)
+    reader.start()
+    try:
+        server.send({"op": "ping", "id": "1"})
+        assert server.receive() == {"op": "pong", "id": "1", "busy": 0.0}
+        with busy.step():  # what the main loop does around engine.step() and each request
+            time.sleep(0.05)
+            server.send({"op": "ping", "id": "2"})
+            pong = server.receive()
+        assert pong is not None and pong["busy"] >= 0.05
+        server.send({"op": "cancel", "id": "3"})
+        assert inbox.get(timeout=5) == {"op": "cancel", "id": "3"}  # everything else goes to the main loop
+    finally:
+        server.close()
+        reader.join(timeout=5)
+        runner.close()
+    assert inbox.get(timeout=5) is None  # the server went away
