@@ -10,12 +10,14 @@ import time
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload.api import errors, routes_models, routes_ollama, routes_openai
 from offload.api.deps import AppState, SchedulerLike, get_state
 from offload.api.metrics import CONTENT_TYPE, Metrics
 from offload.api.security import ApiKeyMiddleware, HostOriginMiddleware, is_loopback
+from offload.api.streaming import CLIENT_GONE
 from offload.config import Settings
 from offload.models.store import Store
 
@@ -63,6 +65,9 @@ class AccessMiddleware:
         path: str = scope.get("path", "")
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # Gone while its body was read or before its first chunk (streaming.Generation.start): nobody to answer.
+            status = CLIENT_GONE
         except Exception:
             log.exception("%s %s: unexpected error", scope.get("method"), path)
             if response_started:

@@ -137,6 +137,7 @@ async def _respond(
         model=str(stored.name),
         metrics=state.metrics,
         started=started,
+        request=request,
     )
     generation.headers = placement_headers(state.scheduler.running(), str(stored.name))
     if not stream:

@@ -54,7 +54,7 @@ async def chat_completions(request: Request) -> Response:
         partial(render_chat, template, messages, bos_token=info.bos_token, eos_token=info.eos_token)
     )
     internal = ollama.generate_request(str(stored.name), prompt, opts, keep_alive=None, json_schema=schema)
-    generation = await _start(state, stored, internal, started)
+    generation = await _start(state, request, stored, internal, started)
     completion_id, created = openai.new_id("chatcmpl"), int(time.time())
     if not wire.stream:
         outcome = await collect(generation, request)
@@ -99,7 +99,7 @@ async def completions(request: Request) -> Response:
     opts = resolve_options(stored.parameters, requested, dialect_defaults=openai.DEFAULTS, prefix="")
     opts = openai.with_logit_bias(opts, bias)
     internal = ollama.generate_request(str(stored.name), prompt, opts, keep_alive=None)
-    generation = await _start(state, stored, internal, started)
+    generation = await _start(state, request, stored, internal, started)
     completion_id, created = openai.new_id("cmpl"), int(time.time())
     echoed = prompt if wire.echo else ""
     if not wire.stream:
@@ -149,13 +149,14 @@ def _sse_encoder(
 
 
 async def _start(
-    state: AppState, stored: StoredModel, internal: GenerateRequest, started: float
+    state: AppState, request: Request, stored: StoredModel, internal: GenerateRequest, started: float
 ) -> Generation:
     generation = await Generation.start(
         state.scheduler.generate(stored, internal),
         model=str(stored.name),
         metrics=state.metrics,
         started=started,
+        request=request,
     )
     generation.headers = placement_headers(state.scheduler.running(), str(stored.name))
     return generation

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -78,14 +79,22 @@ class Generation:
 
     @classmethod
     async def start(
-        cls, source: AsyncIterator[Chunk], *, model: str, metrics: Metrics, started: float
+        cls,
+        source: AsyncIterator[Chunk],
+        *,
+        model: str,
+        metrics: Metrics,
+        started: float,
+        request: Request | None = None,
     ) -> Generation:
         """Wait for the first chunk. Errors raised before it propagate unchanged (the caller maps them to a
-        status); the source is closed on any failure, cancellation included."""
+        status); the source is closed on any failure, cancellation included. With `request`, a client that
+        disconnects meanwhile (queued, loading, or during its prompt's evaluation, the longest wait) cancels the
+        generation at once and ClientDisconnect is raised."""
         waiting = metrics.waiting.labels(model=model)
         waiting.inc()
         try:
-            first = await anext(source)
+            first = await anext(source) if request is None else await _first_unless_gone(source, request)
         except StopAsyncIteration:
             raise RunnerError("the generation ended without producing a result") from None
         except BaseException:
@@ -126,6 +135,36 @@ class Generation:
         except StopAsyncIteration:
             return
         log.warning("ignoring output after the final chunk of %s: %r", self.model, extra)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was read already: what is left to receive is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _first_unless_gone(source: AsyncIterator[Chunk], request: Request) -> Chunk:
+    """The source's first chunk; ClientDisconnect if the client leaves first (the wait for the chunk is cancelled
+    inside the source, which cancels the work in the runner)."""
+    first: Chunk | None = None
+    failure: BaseException | None = None
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        await _disconnected(request)
+        scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch, group.cancel_scope)
+        try:
+            first = await anext(source)
+        except Exception as exc:  # StopAsyncIteration included; raised outside the group, not in an ExceptionGroup
+            failure = exc
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if first is None:
+        raise ClientDisconnect()
+    return first
 
 
 async def collect(generation: Generation, request: Request) -> tuple[str, Chunk] | None:

@@ -11,8 +11,11 @@ No timing is asserted; every wait is bounded so that a hang fails the test inste
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -83,3 +86,92 @@ def test_health_fails_while_a_dead_runner_is_not_replaced(server: ServerProcess)
     assert "killed by signal SIGKILL" in sick.json()["models"][MODEL]
     assert generate(server).status_code == 200  # the next request loads it again
     assert httpx.get(server.base_url + "/health", timeout=WAIT_S).json() == {"status": "ok"}
+
+
+# ---- clients that leave -----------------------------------------------------------------------------------------
+
+LONG_PROMPT_TOKENS = 3000  # " hello" is one token: a prompt of ~94 llama_decode calls of BATCH tokens
+NUM_PREDICT = 1000  # what an abandoned request would generate if nothing stopped it
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(server.base_url + "/metrics", timeout=WAIT_S).text
+    found = re.search(rf"^{re.escape(name)} ([\d.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def busy_lines(server: ServerProcess) -> list[tuple[int, int]]:
+    """(tokens evaluated, tokens sampled) of each burst of work the runner logged so far."""
+    pattern = r"busy [\d.]+ s: \d+ steps, (\d+) tokens evaluated, (\d+) sampled"
+    return [(int(e), int(s)) for e, s in re.findall(pattern, server.log_path.read_text(errors="replace"))]
+
+
+def work_after(server: ServerProcess, before: int) -> tuple[int, int]:
+    """Tokens evaluated and sampled by the runner since `before` bursts, once it is idle: a small request is served
+    after the client left, and every request has ended."""
+    assert generate(server).status_code == 200
+    wait_for(lambda: metric(server, "offload_http_requests_in_progress") <= 1, "idle")  # the scrape itself
+    wait_for(lambda: len(busy_lines(server)) > before, "logged")
+    lines = busy_lines(server)[before:]
+    return sum(e for e, _ in lines), sum(s for _, s in lines)
+
+
+def raw_post(server: ServerProcess, path: str, body: dict[str, object]) -> socket.socket:
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+LONG_PROMPT = "hello " * LONG_PROMPT_TOKENS
+Case = tuple[str, dict[str, object]]
+PROMPT_CASES: dict[str, Case] = {
+    "ollama-stream": (
+        "/api/generate",
+        {"model": MODEL, "prompt": LONG_PROMPT, "options": {"num_predict": NUM_PREDICT}},
+    ),
+    "openai-whole": ("/v1/completions", {"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": NUM_PREDICT}),
+}
+
+
+@pytest.mark.parametrize("case", PROMPT_CASES)
+def test_a_client_gone_during_the_prompt_stops_its_evaluation(server: ServerProcess, case: str) -> None:
+    path, body = PROMPT_CASES[case]
+    loaded_runner(server)
+    before = len(busy_lines(server))
+    sock = raw_post(server, path, body)
+    try:
+        waiting = f'offload_requests_waiting{{model="{MODEL}"}}'
+        wait_for(lambda: metric(server, waiting) == 1, "waiting for its first token")
+    finally:
+        sock.close()
+    wait_for(lambda: metric(server, waiting) == 0, "cancelled")
+    evaluated, sampled = work_after(server, before)
+    # The prompt alone is LONG_PROMPT_TOKENS; the small request after it adds a handful of tokens.
+    assert evaluated < LONG_PROMPT_TOKENS, (evaluated, sampled)
+    assert sampled <= 2, (evaluated, sampled)  # the small request's two tokens: none for the abandoned one
+
+
+STORY = [{"role": "user", "content": "Tell me a story."}]
+
+
+STREAM_CASES: dict[str, Case] = {
+    "ollama": ("/api/chat", {"model": MODEL, "messages": STORY, "options": {"num_predict": NUM_PREDICT}}),
+    "openai": ("/v1/chat/completions", {"model": MODEL, "messages": STORY, "max_tokens": NUM_PREDICT, "stream": True}),
+}
+
+
+@pytest.mark.parametrize("case", STREAM_CASES)
+def test_a_client_gone_mid_stream_stops_its_generation(server: ServerProcess, case: str) -> None:
+    path, body = STREAM_CASES[case]
+    loaded_runner(server)
+    before = len(busy_lines(server))
+    with httpx.stream("POST", server.base_url + path, json=body, timeout=WAIT_S) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        for _ in range(4):
+            next(lines)
+    _, sampled = work_after(server, before)
+    assert sampled < NUM_PREDICT / 2, sampled
+    assert server.proc is not None and server.proc.poll() is None

@@ -95,6 +95,30 @@ async def test_collect_cancels_when_the_client_disconnects() -> None:
     assert source.closed_early
 
 
+async def test_a_client_gone_before_the_first_chunk_cancels_the_generation() -> None:
+    source = Source([], stall=True)  # queued, loading, or evaluating the prompt: no chunk yet
+    with anyio.fail_after(5), pytest.raises(ClientDisconnect):
+        await Generation.start(
+            source.run(), model="m", metrics=Metrics(), started=0.0, request=_request([{"type": "http.disconnect"}])
+        )
+    assert source.closed_early
+
+
+async def test_a_client_that_stays_gets_the_first_chunk_and_errors_as_they_are() -> None:
+    source = Source([Chunk(text="a")], stall=True)
+    generation = await Generation.start(source.run(), model="m", metrics=Metrics(), started=0.0, request=_request([]))
+    assert [c.text async for c in _take(generation.chunks(), 1)] == ["a"]
+    failing = Source([], fail=ServerBusy("busy"))
+    with pytest.raises(ServerBusy):
+        await Generation.start(failing.run(), model="m", metrics=Metrics(), started=0.0, request=_request([]))
+    assert failing.closed_early
+
+
+async def _take(chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
+    for _ in range(n):
+        yield await anext(chunks)
+
+
 async def test_collect_returns_everything() -> None:
     source = Source([Chunk(text="a"), Chunk(text="b", done=True, eval_count=2)])
     generation = await start(source)
