@@ -11,6 +11,8 @@ No timing is asserted; every wait is bounded so that a hang fails the test inste
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import os
 import re
@@ -175,3 +177,39 @@ def test_a_client_gone_mid_stream_stops_its_generation(server: ServerProcess, ca
     _, sampled = work_after(server, before)
     assert sampled < NUM_PREDICT / 2, sampled
     assert server.proc is not None and server.proc.poll() is None
+
+
+# ---- a burst against a small queue ------------------------------------------------------------------------------
+
+BURST = 100
+
+
+async def one_stream(client: httpx.AsyncClient, index: int) -> str:
+    """How one streamed request ended: "served" (its last line is done), "busy" (503 with Retry-After), or what
+    else happened."""
+    body = {"model": MODEL, "prompt": f"Count to {index}.", "options": {"num_predict": 8}}
+    async with client.stream("POST", "/api/generate", json=body) as reply:
+        if reply.status_code == 503:
+            await reply.aread()
+            return "busy" if reply.headers.get("retry-after") and "error" in reply.json() else "bad 503"
+        if reply.status_code != 200:
+            return f"status {reply.status_code}"
+        lines = [json.loads(line) async for line in reply.aiter_lines() if line]
+    return "served" if lines and lines[-1].get("done") is True else f"ended with {lines[-1:]}"
+
+
+async def burst(server: ServerProcess, count: int) -> list[str]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S, limits=limits) as client:
+        return await asyncio.wait_for(asyncio.gather(*(one_stream(client, i) for i in range(count))), WAIT_S * 2)
+
+
+def test_every_stream_of_a_burst_ends_served_or_503(server: ServerProcess) -> None:
+    loaded_runner(server)
+    outcomes = asyncio.run(burst(server, BURST))
+    counts = collections.Counter(outcomes)
+    assert set(counts) <= {"served", "busy"}, counts
+    assert counts["served"] >= 1 and counts["busy"] >= 1, counts  # 100 streams against 1 slot and a queue of 4
+    wait_for(lambda: metric(server, "offload_http_requests_in_progress") <= 1, "idle")
+    assert httpx.get(server.base_url + "/health", timeout=WAIT_S).json() == {"status": "ok"}
+    assert generate(server).status_code == 200
