@@ -14,6 +14,7 @@ from offload.runner.llamacpp import Context, Model  # llama.cpp before anything 
 
 # isort: on
 import argparse
+import logging
 import os
 import random
 import sys
@@ -43,7 +44,9 @@ def main() -> int:
     parser.add_argument("--before", default="", help="rounds of N sequences run first on the same engine, e.g. 1,4,16")
     parser.add_argument("--invariant", action="store_true", help="batch-invariant mode, as the runner sets it up")
     parser.add_argument("--bos", action="store_true", help="prompts start with BOS, as tokenized text does")
+    parser.add_argument("--stagger", type=int, default=0, help="submit this many requests per step (0: all at once)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the engine's busy line
     if args.invariant:
         os.environ["GGML_CPU_TILED_MM"] = "0"  # as offload.runner.__main__ does
     model = Model(str(args.model), args.gpu_layers, repack=not args.invariant)
@@ -68,17 +71,22 @@ def main() -> int:
         while engine.has_work():
             engine.step()
     first_token.clear()
+    pending = []
     for i in range(args.parallel):
         # A prompt of exactly prompt-tokens token ids, sent as context (no tokenizing): prompt text is the rest.
         ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
         ids = (model.bos, *ids[1:]) if args.bos else ids
         request = GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen,
                                   sampling=SamplingOptions(temperature=0.8, top_k=40, top_p=0.9, seed=i))
-        engine.submit(f"r{i}", request)
+        pending.append((f"r{i}", request))
+    per_step = args.stagger or len(pending)  # requests arriving per step, as over HTTP they come one by one
     started = time.perf_counter()
     steps = 0
     step_times: list[float] = []
-    while engine.has_work():
+    while pending or engine.has_work():
+        for request_id, request in pending[:per_step]:
+            engine.submit(request_id, request)
+        del pending[:per_step]
         t0 = time.perf_counter()
         engine.step()
         step_times.append(time.perf_counter() - t0)
