@@ -21,6 +21,8 @@
     ├── PayloadTooLarge               413 request_too_large
     ├── ServerBusy                    503 server_busy
     ├── StoreError                    500 store_error
+    │   ├── StorageFull               507 insufficient_storage
+    │   └── CorruptBlob               500 corrupt_blob
     ├── StarterUnavailable            500 starter_unavailable
     └── RunnerError                   500 runner_error
         ├── RunnerStartFailed         500 runner_start_failed
@@ -158,7 +160,27 @@ class ServerBusy(OffloadError):
 
 
 class StoreError(OffloadError):
+    """The model store failed. Its message may name the server's files, so clients get a generic one instead,
+    unless `message_is_public` (a subclass whose messages are written to name no path)."""
+
     code = "store_error"
+    message_is_public = False
+
+
+class StorageFull(StoreError):
+    """No space (or no quota, or a file size limit) for what the store was writing: partial files are removed."""
+
+    status = 507
+    code = "insufficient_storage"
+    message_is_public = True
+
+
+class CorruptBlob(StoreError):
+    """A model's file is missing, or no longer matches the sha256 it is stored under (changed on disk): it has to be
+    pulled or imported again."""
+
+    code = "corrupt_blob"
+    message_is_public = True
 
 
 class StarterUnavailable(OffloadError):

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from offload.eviction import Resident
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
-from offload.models.store import StoredModel
+from offload.models.store import FileIdentity, StoredModel
 from offload.runner.placement import is_gpu_device
 from offload.runner.protocol import LoadedInfo
 
@@ -59,6 +59,7 @@ class Loaded:
     active: int = 0
     draining: bool = False  # a request needs it reloaded: no new request joins; it is swapped once idle
     idle_since: float = field(default_factory=time.monotonic)
+    file: FileIdentity | None = None  # the GGUF file as it was verified before the load (store.file_identity)
 
     def expires_at(self) -> datetime:
         if self.active or math.isinf(self.keep_alive):

@@ -51,7 +51,7 @@ from offload.loaded import (
     wanted_context,
 )
 from offload.models.gguf import read_gguf
-from offload.models.store import StoredModel
+from offload.models.store import FileIdentity, StoredModel, file_identity
 from offload.planner import (
     CPU,
     DEFAULT_HEADROOM,
@@ -117,9 +117,12 @@ class Scheduler:
         runner_factory: RunnerFactory = _spawn,
         plan_factory: PlanFactory = plan_for,
         snapshot_factory: SnapshotFactory = _probe,
+        *,
+        verify: Callable[[StoredModel], None] | None = None,
     ) -> None:
         self.settings = settings
         self._factory = runner_factory
+        self._verify = verify  # Store.verify: the GGUF still matches its digest (blocking); None: not checked
         self._plan_factory = plan_factory
         self._snapshot = snapshot_factory
         self._plan: BackendPlan | None = None
@@ -261,6 +264,8 @@ class Scheduler:
             and entry.model.model_digest == model.model_digest
             and entry.n_ctx >= n_ctx
             and not changed_gpu
+            # Replaced, truncated or written to since it was verified: reload, which verifies it again.
+            and file_identity(model.model_path) == entry.file
         )
 
     async def _place(
@@ -307,11 +312,13 @@ class Scheduler:
             # Reading the GGUF and planning block: done outside the lock, then the decision is taken again.
             target = await asyncio.to_thread(self._target, model, n_ctx, num_gpu, bool(num_ctx))
         try:
+            file = await asyncio.to_thread(self._verified_file, model)
             for evicted_name, old in evicted:
                 await old.runner.close()
                 log.info("unloaded %s to make room for %s", evicted_name, name)
             started = time.perf_counter_ns()
             entry = await self._start(model, target, num_gpu)
+            entry.file = file
             load_ns = time.perf_counter_ns() - started
         except BaseException:
             async with self._cond:
@@ -324,6 +331,14 @@ class Scheduler:
             self._loaded[name] = entry
             self._cond.notify_all()
         return entry, load_ns
+
+    def _verified_file(self, model: StoredModel) -> FileIdentity | None:
+        """The GGUF file about to be loaded, checked against its digest (`verify`; blocking). CorruptBlob when it
+        changed on disk; the identity is taken first, so a change during the check is seen at the next request."""
+        file = file_identity(model.model_path)
+        if self._verify is not None:
+            self._verify(model)
+        return file
 
     def _close_later(self, entry: Loaded) -> None:
         task = asyncio.get_running_loop().create_task(entry.runner.close())
@@ -382,9 +397,8 @@ class Scheduler:
             n_ubatch=self.settings.num_batch,
             flash_attn=not self.settings.batch_invariant,
         )
-        return _Target(
-            n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need={name: use.total for name, use in usage.items()}
-        )
+        need = {name: use.total for name, use in usage.items()}
+        return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need=need)
 
     def _fit(
         self,

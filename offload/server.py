@@ -22,7 +22,7 @@ def serve(settings: Settings) -> None:
     )
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.models_dir)
-    scheduler = Scheduler(settings)
+    scheduler = Scheduler(settings, verify=store.verify)
     scheduler.prepare()  # logs the backend plan: what will run where, before the first request
     app = create_app(settings, store, scheduler)
     host, port = settings.bind

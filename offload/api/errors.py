@@ -52,7 +52,7 @@ def openai_body(error: OffloadError) -> dict[str, Any]:
 def public(error: OffloadError) -> OffloadError:
     """The error as a client may see it. A store failure's message names the server's files (a blob path
     that resolves outside the store, a disk error on a manifest): the client gets the kind, the log the rest."""
-    if isinstance(error, StoreError):
+    if isinstance(error, StoreError) and not error.message_is_public:
         log.error("model store: %s", error.message)
         return StoreError(STORE_MESSAGE)
     return error

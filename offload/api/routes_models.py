@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from offload.api import ollama
 from offload.api.deps import AppState, get_state, parse_body
-from offload.api.errors import internal_error
+from offload.api.errors import internal_error, ollama_body, public
 from offload.api.models_create import CreatePlan, plan_create
 from offload.api.streaming import ndjson, streaming_response
 from offload.api.wire import ModelRef, OllamaCopy, OllamaCreate, OllamaPull, OllamaShow
@@ -247,7 +247,7 @@ async def _pull_stream(state: AppState) -> AsyncIterator[bytes]:
     try:
         stored = task.result()
     except OffloadError as exc:
-        yield ndjson({"error": exc.message})
+        yield ndjson(ollama_body(public(exc)))
         return
     except Exception:
         log.exception("pulling %s failed", starter.STARTER_NAME)

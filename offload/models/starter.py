@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from offload.errors import ModelNotFound, StarterUnavailable
+from offload.errors import CorruptBlob, ModelNotFound, StarterUnavailable
 from offload.models.names import parse_name
 from offload.models.store import Store, StoredModel
 
@@ -105,7 +105,8 @@ def resolve(store: Store, name: str) -> StoredModel:
 
 
 def _stored(store: Store, name: str, digest: str) -> StoredModel | None:
-    with contextlib.suppress(ModelNotFound):
+    """The model if it is stored whole; None when it is not, or its file is missing (imported again then)."""
+    with contextlib.suppress(ModelNotFound, CorruptBlob):
         model = store.get(name)
         if model.model_digest == digest:
             return model

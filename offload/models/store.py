@@ -5,9 +5,14 @@
 
 Crash safety: every file is written to a `.tmp-*` file in its final directory, fsynced and renamed into
 place, and a model's manifest is written last, so a crash leaves at most an unreferenced blob or a stale
-`.tmp-*` file (ignored, and removed when older than a day). Blobs are verified by sha256 while they are
-written; a blob whose file exists is trusted afterwards. Names and digests are validated before they
+`.tmp-*` file (ignored, and removed when older than a day). A write that fails (a full disk: StorageFull)
+removes its `.tmp-*` file and leaves the store as it was. Names and digests are validated before they
 touch a path, and every path must resolve inside the root (a planted symlink cannot redirect us).
+
+Integrity: blobs are verified by sha256 while they are written, and `verify` checks a model's GGUF again before
+each load unless its file is unchanged (same device, inode, size, mtime and ctime) since this process last hashed
+or wrote it. A blob that no longer matches its digest is removed (CorruptBlob: pull or import the model again), so
+a later import writes it afresh instead of trusting the file that is there.
 
 Concurrency: writers in threads and processes may race; renames make each file appear whole. Imports
 hold a shared `flock` on `<root>/.lock`; `delete` collects garbage under the exclusive lock so that it
@@ -17,6 +22,7 @@ cannot remove a blob an import is about to reference (if imports keep it busy, g
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +31,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,11 +42,13 @@ from typing import Any, BinaryIO
 from offload.errors import (
     BadRequest,
     BlobNotFound,
+    CorruptBlob,
     InvalidDigest,
     InvalidGGUF,
     InvalidName,
     ModelNotFound,
     OffloadError,
+    StorageFull,
     StoreError,
 )
 from offload.models import gguf
@@ -64,6 +73,27 @@ _MAX_MANIFEST_BYTES = 1 << 20
 _MAX_TEXT_LAYER_BYTES = 1 << 24
 _STALE_TEMP_SECONDS = 24 * 3600
 _GC_LOCK_WAIT_SECONDS = 2.0
+# errno values meaning "no room for this write": disk full, quota, the process's file size limit (RLIMIT_FSIZE)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+FileIdentity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """What changes when a file is replaced, truncated or written to (ctime cannot be set back); None if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _write_failed(what: str, exc: OSError) -> StoreError:
+    """StorageFull (its message names no path: clients see it) when the disk had no room, else StoreError."""
+    if exc.errno in _NO_SPACE:
+        reason = os.strerror(exc.errno)
+        return StorageFull(f"no space left in the model store while {what} ({reason}); partial files were removed")
+    return StoreError(f"{what} failed: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +123,8 @@ class Store:
             self._real_root = self.root.resolve(strict=True)
         except OSError as exc:
             raise StoreError(f"cannot create the model store at {self.root}: {exc}") from exc
+        self._verified: dict[str, FileIdentity] = {}  # blob digest -> its file when last hashed or written here
+        self._verified_lock = threading.Lock()
         self._remove_stale_temps()
 
     # ----- paths -------------------------------------------------------------------------------------
@@ -138,9 +170,50 @@ class Store:
         """
         expected = validate_digest(expected_digest) if expected_digest is not None else None
         with self._lock(exclusive=False):
-            if expected is not None and self.has_blob(expected):
+            if expected is not None and self._intact(expected):
                 return expected
             return self._stream_blob(source, expected, progress)
+
+    def verify(self, model: StoredModel) -> None:
+        """Check that the GGUF of `model` still hashes to its digest (blocking: reads the file unless it is unchanged
+        since it was last hashed or written here). Raises CorruptBlob, after removing a blob that does not match."""
+        digest = model.model_digest
+        if not self.blob_path(digest).is_file():
+            raise CorruptBlob(f"the model file of {model.name.display} is missing ({digest}); pull or import it again")
+        if not self._intact(digest):
+            raise CorruptBlob(
+                f"the model file of {model.name.display} no longer matches its sha256 digest {digest} (it was changed "
+                "on disk) and was removed; pull or import the model again"
+            )
+
+    def _intact(self, digest: str) -> bool:
+        """Whether blob `digest` exists and hashes to its name. A blob that does not is removed."""
+        path = self.blob_path(digest)
+        before = file_identity(path)
+        if before is None:
+            return False
+        with self._verified_lock:
+            if self._verified.get(digest) == before:
+                return True
+        try:
+            with _open_regular(path) as file:
+                st = os.fstat(file.fileno())
+                hashed: FileIdentity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                found = _hash_file(file)
+        except (OSError, BadRequest) as exc:
+            raise StoreError(f"reading blob {digest} failed: {exc}") from exc
+        if found != digest:
+            log.error("blob %s hashes to %s (changed on disk): removing it", digest, found)
+            if file_identity(path) == hashed:  # not if a verified copy was renamed into place meanwhile
+                path.unlink(missing_ok=True)
+            return False
+        self._remember(digest, hashed)
+        return True
+
+    def _remember(self, digest: str, identity: FileIdentity | None) -> None:
+        if identity is not None:
+            with self._verified_lock:
+                self._verified[digest] = identity
 
     def _stream_blob(
         self,
@@ -150,8 +223,9 @@ class Store:
     ) -> str:
         hasher = hashlib.sha256()
         written = 0
-        tmp = self._temp_file(self._blobs)
+        tmp: Path | None = None
         try:
+            tmp = self._temp_file(self._blobs)
             with open(tmp, "r+b") as out:
                 for chunk in _chunks(source):
                     out.write(chunk)
@@ -165,16 +239,18 @@ class Store:
             if expected is not None and digest != expected:
                 raise InvalidDigest(f"digest mismatch: expected {expected}, got {digest}", param="digest")
             target = self.blob_path(digest)
-            if target.is_file():
+            if target.is_file() and self._intact(digest):
                 tmp.unlink()  # same content is already stored
             else:
                 os.replace(tmp, target)
                 _fsync_dir(self._blobs)
+                self._remember(digest, file_identity(target))
             return digest
         except OSError as exc:
-            raise StoreError(f"writing a blob failed: {exc}") from exc
+            raise _write_failed("writing a blob", exc) from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     # ----- models ------------------------------------------------------------------------------------
 
@@ -363,7 +439,7 @@ class Store:
             raise StoreError(f"the manifest of {name.display} has no model layer")
         model_path = self.blob_path(models[0][1])
         if not model_path.is_file():
-            raise StoreError(f"the model blob of {name.display} is missing: {models[0][1]}")
+            raise CorruptBlob(f"the model file of {name.display} is missing ({models[0][1]}); pull or import it again")
 
         def text(media_type: str) -> str | None:
             parts = [self._read_text(name, d) for m, d, _ in layers if m == media_type]
@@ -448,7 +524,7 @@ class Store:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(path.parent)
         except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc}") from exc
+            raise _write_failed("writing a manifest", exc) from exc
 
     def _remove_stale_temps(self) -> None:
         cutoff = time.time() - _STALE_TEMP_SECONDS

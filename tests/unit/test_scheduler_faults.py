@@ -1,15 +1,21 @@
-"""Scheduler with fake runners when things break: /health's view of dead, stopped and stuck runners."""
+"""Scheduler with fake runners when things break: /health's view of dead, stopped and stuck runners; model files
+verified before each load and changed under a loaded runner."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from offload import scheduler as scheduler_module
+from offload.config import load_settings
+from offload.errors import CorruptBlob
+from offload.models.store import StoredModel
 from offload.scheduler import Scheduler
 from tests.fakes.runner import FakeRunnerFactory
-from tests.unit.test_scheduler import collect, request, run_with, stored
+from tests.unit.test_scheduler import collect, cpu_only, request, run_with, stored
 
 
 def test_health_is_empty_with_nothing_loaded_and_with_a_well_runner(tmp_path: Path) -> None:
@@ -67,3 +73,36 @@ def test_health_names_a_runner_that_does_not_answer_or_is_stuck(
         assert problems == {}
     else:
         assert problem in problems["tiny:latest"]
+
+
+def test_each_load_verifies_the_file_and_a_changed_file_is_loaded_again(tmp_path: Path) -> None:
+    model = stored(tmp_path)
+    model.model_path.write_bytes(b"weights")
+    verified: list[str] = []
+    broken: list[CorruptBlob] = []
+
+    def verify(checked: StoredModel) -> None:
+        verified.append(checked.model_digest)
+        if broken:
+            raise broken[0]
+
+    factory = FakeRunnerFactory()
+
+    async def main() -> None:
+        sched = Scheduler(load_settings(home=tmp_path), runner_factory=factory, plan_factory=cpu_only, verify=verify)
+        try:
+            await collect(sched.generate(model, request()))
+            await collect(sched.generate(model, request()))  # loaded and unchanged: served, not verified again
+            assert (factory.starts, len(verified)) == (1, 1)
+            os.truncate(model.model_path, 3)  # changed under the loaded runner: the next request reloads
+            await collect(sched.generate(model, request()))
+            assert (factory.starts, len(verified)) == (2, 2)
+            model.model_path.write_bytes(b"other weights")
+            broken.append(CorruptBlob("the model file of tiny:latest no longer matches its sha256 digest"))
+            with pytest.raises(CorruptBlob):
+                await collect(sched.generate(model, request()))
+            assert factory.starts == 2  # nothing was loaded from the changed file
+        finally:
+            await sched.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
