@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from offload.backend_plan import BackendPlan, Candidate, gpu_layers_for, plan_for
 from offload.config import Settings
 from offload.durations import parse_keep_alive
-from offload.errors import BackendUnusable, OutOfMemory, PlanRefused, RunnerError, ServerBusy
+from offload.errors import BackendUnusable, InvalidGGUF, OutOfMemory, PlanRefused, RunnerError, ServerBusy
 from offload.eviction import make_room
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.loaded import (
@@ -310,7 +310,13 @@ class Scheduler:
                         log.info("placing %s: %s", name, decision.reason)
                     break
             # Reading the GGUF and planning block: done outside the lock, then the decision is taken again.
-            target = await asyncio.to_thread(self._target, model, n_ctx, num_gpu, bool(num_ctx))
+            try:
+                target = await asyncio.to_thread(self._target, model, n_ctx, num_gpu, bool(num_ctx))
+            except InvalidGGUF:
+                # A stored model's GGUF passed when it was stored: if it fails now, its file changed on disk, which
+                # the check says (CorruptBlob) rather than blaming the request with a 400.
+                await asyncio.to_thread(self._verified_file, model)
+                raise
         try:
             file = await asyncio.to_thread(self._verified_file, model)
             for evicted_name, old in evicted:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from offload.api.metrics import Metrics
 from offload.config import Settings
-from offload.errors import BadRequest, PayloadTooLarge
+from offload.errors import BadRequest, InvalidGGUF, PayloadTooLarge
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
 from offload.models import starter
 from offload.models.gguf import GGUFFile, read_gguf
@@ -104,8 +104,13 @@ class AppState:
         return await anyio.to_thread.run_sync(starter.resolve, self.store, name)
 
     async def gguf(self, model: StoredModel) -> GGUFFile:
-        """The GGUF metadata of a stored model, read once per GGUF digest. Raises InvalidGGUF."""
-        return await self.gguf_by_digest(model.model_digest, model.model_path)
+        """The GGUF metadata of a stored model, read once per GGUF digest. Raises CorruptBlob when its file changed
+        on disk since it was stored (it was a valid GGUF then), else InvalidGGUF."""
+        try:
+            return await self.gguf_by_digest(model.model_digest, model.model_path)
+        except InvalidGGUF:
+            await anyio.to_thread.run_sync(self.store.verify, model)
+            raise
 
     async def gguf_by_digest(self, digest: str, path: Path) -> GGUFFile:
         cached = self._gguf_cache.get(digest)
