@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -47,7 +47,18 @@ def process_state(pid: int) -> str | None:
 
 
 class ServerProcess:
-    def __init__(self, home: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
+        """`wrapper` is a command the server is started through (it ends by exec'ing its arguments: unshare, sh -c
+        '... exec "$@"'); `preexec` runs in the child before it starts (resource limits)."""
+        self.wrapper = wrapper or []
+        self.preexec = preexec
         self.home = home
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -61,8 +72,8 @@ class ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "offload", "serve"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [*self.wrapper, sys.executable, "-m", "offload", "serve"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.preexec,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -106,8 +117,14 @@ def starter_home(home: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = ServerProcess(home, extra_env=extra_env)
+def running_server(
+    home: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    wrapper: list[str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(home, extra_env=extra_env, wrapper=wrapper, preexec=preexec)
     server.start()
     try:
         yield server
