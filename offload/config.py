@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         description="Seconds a runner may take to load a model before it is given up.",
         json_schema_extra=_key("runner.start_timeout"),
     )
+    shutdown_grace: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds requests in flight get to finish after SIGTERM or Ctrl-C (no new connection is accepted "
+        "meanwhile); then open streams end with an error, waiting requests get 503, and the runners are stopped.",
+        json_schema_extra=_key("server.shutdown_grace"),
+    )
     log_level: str = Field(
         "info", description="debug, info, warning or error.", json_schema_extra=_key("server.log_level")
     )

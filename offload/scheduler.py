@@ -134,6 +134,7 @@ class Scheduler:
         self._budget: dict[str, int] = {}  # bytes offload may use per device with none of its models loaded
         self._default_keep_alive = parse_keep_alive(settings.keep_alive, param="OFFLOAD_KEEP_ALIVE") or 0.0
         self._reaper: asyncio.Task[None] | None = None
+        self._closing = False  # close() was called: nothing new is admitted or loaded
 
     def prepare(self) -> BackendPlan:
         """Decide the backend order now (probes hardware and variants, ~1 s), so the server states it at start and
@@ -149,6 +150,10 @@ class Scheduler:
         try:
             async for chunk in entry.runner.generate(request):
                 yield dataclasses.replace(chunk, load_duration=load_ns) if chunk.done else chunk
+        except RunnerError as exc:
+            if self._closing:  # its runner was stopped by close(): say why
+                raise self._shutting_down() from exc
+            raise
         finally:
             await self._release(entry)
 
@@ -210,11 +215,20 @@ class Scheduler:
         ]
 
     async def close(self) -> None:
+        """Stop every runner; from now on requests get ServerBusy ("shutting down"), those waiting included, and
+        generations that were running end with it. Idempotent."""
+        self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
         entries = list(self._loaded.values())
         self._loaded.clear()
+        async with self._cond:
+            self._cond.notify_all()
         await asyncio.gather(*(entry.runner.close() for entry in entries), return_exceptions=True)
+
+    @staticmethod
+    def _shutting_down() -> ServerBusy:
+        return ServerBusy("the server is shutting down", retry_after=RETRY_AFTER_S)
 
     # ---- admission and placement ---------------------------------------------------------------------------
     def max_loaded(self) -> int:
@@ -245,6 +259,8 @@ class Scheduler:
         self, model: StoredModel, num_ctx: int | None, keep_alive: float | None, num_gpu: int | None = None
     ) -> tuple[Loaded, int]:
         """A ready runner for `model`, counted as busy until `_release`; also the load time if one was started."""
+        if self._closing:
+            raise self._shutting_down()
         self._ensure_reaper()
         name = model.name.display
         self._admit(name)
@@ -275,6 +291,8 @@ class Scheduler:
         waiting_said = False
         while True:
             async with self._cond:
+                if self._closing:
+                    raise self._shutting_down()
                 entry = self._loaded.get(name)
                 if entry is not None and entry.runner.has_exited():
                     log.warning("runner for %s had exited; starting a new one", name)
@@ -333,10 +351,13 @@ class Scheduler:
             raise
         async with self._cond:
             self._loading = False
-            entry.active += 1
-            self._loaded[name] = entry
             self._cond.notify_all()
-        return entry, load_ns
+            if not self._closing:
+                entry.active += 1
+                self._loaded[name] = entry
+                return entry, load_ns
+        await entry.runner.close()  # loaded while the server was shutting down: nobody may use it
+        raise self._shutting_down()
 
     def _verified_file(self, model: StoredModel) -> FileIdentity | None:
         """The GGUF file about to be loaded, checked against its digest (`verify`; blocking). CorruptBlob when it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 import uvicorn
@@ -14,6 +15,7 @@ from offload.models.store import Store
 from offload.scheduler import Scheduler
 
 log = logging.getLogger("offload")
+_BACKSTOP_S = 5  # after the grace period and the runners' stop, uvicorn cancels whatever still runs
 
 
 def serve(settings: Settings) -> None:
@@ -32,11 +34,12 @@ def serve(settings: Settings) -> None:
         port=port,
         log_level="warning" if settings.log_level != "debug" else "debug",
         access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=10,
+        # A backstop only: _Server ends the streams after the grace period itself, with an error they can show.
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + _BACKSTOP_S,
     )
     log.info("offload listening on %s:%d (home %s)", host, port, settings.home)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(uvicorn.Server(config), scheduler))
+        runner.run(_serve(_Server(config, scheduler, settings.shutdown_grace), scheduler))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -46,6 +49,36 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose graceful shutdown also stops the runners.
+
+    On SIGTERM or SIGINT uvicorn stops accepting connections and waits for the requests in flight. After `grace`
+    seconds the scheduler is closed: open streams end with a "shutting down" error, waiting requests get 503, and
+    every runner is stopped (asked, then killed after its own grace). This happens here, inside uvicorn's shutdown,
+    because once `serve()` returns uvicorn raises the signal again with its default action, which ends the process
+    before any code after it runs.
+    """
+
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler, grace: float) -> None:
+        super().__init__(config)
+        self._scheduler = scheduler
+        self._grace = grace
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        async def end_the_rest() -> None:
+            await asyncio.sleep(self._grace)
+            log.warning("shutting down: ending what is still running after %.0f s", self._grace)
+            await self._scheduler.close()
+
+        ender = asyncio.create_task(end_the_rest())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ender.cancel()
+            await self._scheduler.close()
+            log.info("offload stopped")
 
 
 async def _serve(server: uvicorn.Server, scheduler: Scheduler) -> None:

@@ -281,10 +281,29 @@ def _handle(engine: Engine, channel: SyncChannel, message: Message) -> None:
         channel.send({"op": "error", "id": request_id, "code": "runner_error", "message": f"bad {op}: {exc}"})
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_server() -> None:
+    """Linux: be killed when the server process dies, however it dies. A runner also exits when its socket closes,
+    but not while it is stopped (SIGSTOP) or stuck inside llama.cpp: no orphan may outlive the server."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the server died before the request took effect
+        os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offload.runner", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="inherited socket to talk to the server over")
     args = parser.parse_args(argv)
+    _die_with_the_server()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="runner %(levelname)s %(message)s")
     sock = socket.socket(fileno=args.fd)
     channel = SyncChannel(sock)

@@ -11,10 +11,10 @@ import pytest
 
 from offload import scheduler as scheduler_module
 from offload.config import load_settings
-from offload.errors import CorruptBlob
+from offload.errors import CorruptBlob, RunnerCrashed, ServerBusy
 from offload.models.store import StoredModel
 from offload.scheduler import Scheduler
-from tests.fakes.runner import FakeRunnerFactory
+from tests.fakes.runner import FakeRunner, FakeRunnerFactory
 from tests.unit.test_scheduler import collect, cpu_only, request, run_with, stored
 
 
@@ -106,3 +106,37 @@ def test_each_load_verifies_the_file_and_a_changed_file_is_loaded_again(tmp_path
             await sched.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_close_ends_running_generations_and_refuses_new_ones_as_shutting_down(tmp_path: Path) -> None:
+    model = stored(tmp_path)
+    gate = asyncio.Event()
+
+    def hold_and_crash_on_close(runner: FakeRunner) -> None:
+        runner.gate = gate
+        real_close = runner.close
+
+        async def close() -> None:  # as RunnerProcess.close does to its open requests
+            runner.fail_mid_stream = RunnerCrashed(f"runner for {runner.name} was stopped")
+            gate.set()
+            await real_close()
+
+        runner.close = close  # type: ignore[method-assign]
+
+    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> tuple[ServerBusy | None, ServerBusy]:
+        running = sched.generate(model, request())
+        await anext(running)
+        await sched.close()
+        ended: ServerBusy | None = None
+        try:
+            await collect(running)
+        except ServerBusy as exc:
+            ended = exc
+        with pytest.raises(ServerBusy) as refused:
+            await collect(sched.generate(model, request()))
+        return ended, refused.value
+
+    (ended, refused), factory = run_with(tmp_path, body, configure=hold_and_crash_on_close)
+    assert ended is not None and ended.message == "the server is shutting down"
+    assert refused.message == "the server is shutting down"
+    assert factory.starts == 1
