@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,10 +36,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.servers import llama_server, offload_server  # noqa: E402
 from offload.hardware.cpu import physical_cores  # noqa: E402
 from offload.models.starter import ensure_starter  # noqa: E402
 from offload.models.store import Store  # noqa: E402
-from tests.blackbox.server import ServerProcess, free_port  # noqa: E402
+from tests.blackbox.server import ServerProcess  # noqa: E402
 
 MODEL_NAME = "bench:latest"
 WORDS = [
@@ -101,48 +101,6 @@ def batched_bench(
             # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
             rates[int(cells[2])] = float(cells[7])
     return rates
-
-
-@contextlib.contextmanager
-def llama_server(exe: str, model: Path, slots: int, ctx_per_slot: int, threads: int, gpu: bool) -> Iterator[str]:
-    port = free_port()
-    command = [exe, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-               "-c", str(ctx_per_slot * slots), "-np", str(slots), "--no-webui"]
-    command += ["-ngl", "99"] if gpu else ["-ngl", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: httpx.get(base + "/health", timeout=1).status_code == 200)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
-@contextlib.contextmanager
-def offload_server(
-    model: Path, slots: int, ctx_per_slot: int, threads: int, extra: dict[str, str], log_to: Path | None = None
-) -> Iterator[tuple[str, int]]:
-    """(base URL, server pid); the server's log is written to `log_to` at the end."""
-    with tempfile.TemporaryDirectory(prefix="offload-bench-") as tmp:
-        home = Path(tmp)
-        Store(home / "models").import_gguf(MODEL_NAME, model)
-        env = {"OFFLOAD_NUM_THREADS": str(threads), "OFFLOAD_LOG_LEVEL": "warning",
-               "OFFLOAD_NUM_PARALLEL": str(slots), "OFFLOAD_NUM_CTX": str(ctx_per_slot),
-               "OFFLOAD_MAX_QUEUE": str(max(64, slots)), **extra}
-        server = ServerProcess(home, extra_env=env)
-        server.start()
-        try:
-            assert server.proc is not None
-            yield server.base_url, server.proc.pid
-        except BaseException:
-            print("offload server log (tail):\n" + server.log()[-6000:], file=sys.stderr)
-            raise
-        finally:
-            server.stop()
-            if log_to is not None:
-                log_to.parent.mkdir(parents=True, exist_ok=True)
-                log_to.write_text(server.log())
 
 
 def make_prompts(tokenizer_url: str, n: int, length: int, seed: int) -> list[str]:
@@ -212,13 +170,14 @@ class Profiler:
     """py-spy on the offload server and each of its runner processes while a level runs; raw (collapsed) stacks
     go to `out_dir` as <role>-<pid>.txt."""
 
-    def __init__(self, py_spy: str, server_pid: int, out_dir: Path) -> None:
-        self.py_spy, self.server_pid, self.out_dir = py_spy, server_pid, out_dir
+    def __init__(self, py_spy: str, server: ServerProcess, out_dir: Path) -> None:
+        self.py_spy, self.server, self.out_dir = py_spy, server, out_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Profiler:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        targets = [("server", self.server_pid)] + [("runner", pid) for pid in _children(self.server_pid)]
+        assert self.server.proc is not None  # started
+        targets = [("server", self.server.proc.pid)] + [("runner", pid) for pid in self.server.runner_pids()]
         for role, pid in targets:
             out = self.out_dir / f"{role}-{pid}.txt"
             self.procs.append(subprocess.Popen(
@@ -234,26 +193,6 @@ class Profiler:
             proc.send_signal(2)  # SIGINT: py-spy writes what it recorded and exits
         for proc in self.procs:
             proc.wait(timeout=60)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def _wait(ready: object, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if ready():  # type: ignore[operator]
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server did not start")
 
 
 def main() -> int:
@@ -285,16 +224,19 @@ def main() -> int:
             ceiling = batched_bench(tool(args.ref_bin, "llama-batched-bench"), model, args.prompt_tokens, args.gen,
                                     levels, args.threads, args.gpu)
             print(f"llama-batched-bench S_TG: {ceiling}", flush=True)
-        with llama_server(tool(args.ref_bin, "llama-server"), model, slots, ctx_per_slot, args.threads,
-                          args.gpu) as ref:
+        with llama_server(tool(args.ref_bin, "llama-server"), model, args.threads, slots=slots,
+                          ctx=ctx_per_slot * slots, gpu=args.gpu) as ref:
             prompts = {n: make_prompts(ref, n, args.prompt_tokens, seed=n) for n in levels}
             warm = make_prompts(ref, 1, args.prompt_tokens, seed=-1)[0]
             theirs = measure(ref, MODEL_NAME, warm, prompts, args.gen)
             print("llama-server:", {n: round(v.tokens_per_s, 1) for n, v in theirs.items()}, flush=True)
         log_to = args.profile_dir / "offload-server.log" if args.py_spy else None
-        with offload_server(model, slots, ctx_per_slot, args.threads, extra, log_to) as (our, pid):
-            profiler = Profiler(args.py_spy, pid, args.profile_dir) if args.py_spy else None
-            ours = measure(our, MODEL_NAME, warm, prompts, args.gen, profiler)
+        env = {"OFFLOAD_NUM_THREADS": str(args.threads), "OFFLOAD_LOG_LEVEL": "warning",
+               "OFFLOAD_NUM_PARALLEL": str(slots), "OFFLOAD_NUM_CTX": str(ctx_per_slot),
+               "OFFLOAD_MAX_QUEUE": str(max(64, slots)), **extra}
+        with offload_server(model, MODEL_NAME, env, log_to) as server:
+            profiler = Profiler(args.py_spy, server, args.profile_dir) if args.py_spy else None
+            ours = measure(server.base_url, MODEL_NAME, warm, prompts, args.gen, profiler)
             print("offload:", {n: round(v.tokens_per_s, 1) for n, v in ours.items()}, flush=True)
     commit = os.environ.get("OFFLOAD_COMMIT") or subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

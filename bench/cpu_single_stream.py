@@ -11,7 +11,6 @@ while the other works; each measurement runs alone, and rounds interleave the co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +26,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.servers import llama_server, offload_server  # noqa: E402
 from offload.hardware.cpu import physical_cores  # noqa: E402
 from offload.models.starter import ensure_starter  # noqa: E402
 from offload.models.store import Store  # noqa: E402
-from tests.blackbox.server import ServerProcess, free_port  # noqa: E402
 
 REF_BIN = ROOT / "bench" / ".ref" / "bin"
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -68,41 +66,11 @@ def llama_bench_once(model: Path, tokens: int, threads: int) -> float:
     return float(json.loads(out)[0]["avg_ts"])
 
 
-@contextlib.contextmanager
-def llama_server(model: Path, threads: int) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(REF_BIN / "llama-server"), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "-t", str(threads), "-c", "4096", "-np", "1", "--no-webui"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: httpx.get(base + "/health", timeout=1).status_code == 200)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
 def llama_server_once(base: str, tokens: int) -> float:
     body = {"prompt": PROMPT, "n_predict": tokens, "ignore_eos": True, "stream": True, "cache_prompt": False,
             **SAMPLING}
     count, first, last = _stream(base + "/completion", body, lambda d: bool(d.get("content")))
     return (count - 1) / (last - first)
-
-
-@contextlib.contextmanager
-def offload_server(model: Path, threads: int) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="offload-bench-") as tmp:
-        home = Path(tmp)
-        Store(home / "models").import_gguf("bench:latest", model)
-        server = ServerProcess(home, extra_env={"OFFLOAD_NUM_THREADS": str(threads), "OFFLOAD_LOG_LEVEL": "warning"})
-        server.start()
-        try:
-            yield server.base_url
-        finally:
-            server.stop()
 
 
 def offload_once(base: str, tokens: int) -> tuple[float, float]:
@@ -137,18 +105,6 @@ def _stream(url: str, body: dict[str, object], is_token: object) -> tuple[int, f
     return count, first, last
 
 
-def _wait(ready: object, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if ready():  # type: ignore[operator]
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server did not start")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="GGUF to run (default: the starter model)")
@@ -165,7 +121,10 @@ def main() -> int:
     ours_eval = Result("offload eval rate", [], "eval_count / eval_duration, runner-timed")
     with tempfile.TemporaryDirectory(prefix="offload-bench-model-") as tmp:
         model = args.model or ensure_starter(Store(Path(tmp) / "models")).model_path
-        with llama_server(model, args.threads) as ref_url, offload_server(model, args.threads) as our_url:
+        env = {"OFFLOAD_NUM_THREADS": str(args.threads), "OFFLOAD_LOG_LEVEL": "warning"}
+        with llama_server(REF_BIN / "llama-server", model, args.threads) as ref_url, \
+                offload_server(model, "bench:latest", env) as ours_server:
+            our_url = ours_server.base_url
             llama_server_once(ref_url, 8)  # warm both: first requests pay for page faults and allocation
             offload_once(our_url, 8)
             # Rounds interleave the contenders, so drift in this machine's speed touches all of them alike.

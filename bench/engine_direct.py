@@ -63,29 +63,27 @@ def main() -> int:
                     invariant=args.invariant)
     rng = random.Random(0)
     vocab = model.facts.n_vocab
-    for n in [int(x) for x in args.before.split(",") if x]:  # earlier rounds on the same engine, not measured
-        for i in range(n):
-            ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
-            ids = (model.bos, *ids[1:]) if args.bos else ids
-            engine.submit(f"b{n}-{i}", GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen))
-        while engine.has_work():
-            engine.step()
-    first_token.clear()
-    pending = []
-    for i in range(args.parallel):
+    def request(seed: int) -> GenerateRequest:
         # A prompt of exactly prompt-tokens token ids, sent as context (no tokenizing): prompt text is the rest.
         ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
         ids = (model.bos, *ids[1:]) if args.bos else ids
-        request = GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen,
-                                  sampling=SamplingOptions(temperature=0.8, top_k=40, top_p=0.9, seed=i))
-        pending.append((f"r{i}", request))
+        return GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen,
+                               sampling=SamplingOptions(temperature=0.8, top_k=40, top_p=0.9, seed=seed))
+
+    for n in [int(x) for x in args.before.split(",") if x]:  # earlier rounds on the same engine, not measured
+        for i in range(n):
+            engine.submit(f"b{n}-{i}", request(i))
+        while engine.has_work():
+            engine.step()
+    first_token.clear()
+    pending = [(f"r{i}", request(i)) for i in range(args.parallel)]
     per_step = args.stagger or len(pending)  # requests arriving per step, as over HTTP they come one by one
     started = time.perf_counter()
     steps = 0
     step_times: list[float] = []
     while pending or engine.has_work():
-        for request_id, request in pending[:per_step]:
-            engine.submit(request_id, request)
+        for request_id, arriving in pending[:per_step]:
+            engine.submit(request_id, arriving)
         del pending[:per_step]
         t0 = time.perf_counter()
         engine.step()

@@ -274,14 +274,13 @@ class Engine:
         ctx = self.context
         if self._pool is None or len(pending) < 2:
             return [(seq, seq.sampler.sample(ctx, row)) for seq, row in pending]
-        n_groups = min(self._sampling_threads, len(pending))
-        groups = [pending[i::n_groups] for i in range(n_groups)]
+        size = -(-len(pending) // min(self._sampling_threads, len(pending)))  # contiguous groups keep batch order
+        groups = [pending[i : i + size] for i in range(0, len(pending), size)]
 
         def sample_group(group: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
             return [(seq, seq.sampler.sample(ctx, row)) for seq, row in group]
 
-        by_seq = {id(seq): token for group in self._pool.map(sample_group, groups) for seq, token in group}
-        return [(seq, by_seq[id(seq)]) for seq, _ in pending]  # in batch order, as postprocess expects
+        return [pair for group in self._pool.map(sample_group, groups) for pair in group]
 
     def postprocess(self, seq: Sequence, token: int) -> None:
         if self.model.is_end(token) or token in seq.stop_tokens:
