@@ -114,6 +114,7 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         # Imported here, not at the top: a build whose libraries cannot load (no driver, wrong CUDA) must turn into
         # a reason on the socket and exit code 78, not an ImportError before the server hears anything.
         from offload.runner import llamacpp
+        from offload.runner.adapters import load_adapters
         from offload.runner.engine import Engine
     except (OSError, ImportError, RuntimeError) as exc:
         raise BackendUnusable(f"llama.cpp did not load: {exc}") from exc
@@ -144,6 +145,8 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
                 tensor_split=options.tensor_split,
                 repack=not invariant,
             )
+            doing = f"loading the LoRA adapters of {name}"
+            model.adapters = load_adapters(model, options.lora_adapters)
             n_ctx = _total_context(options.n_ctx, n_seq_max, model.facts.n_ctx_train)
             doing = f"creating a context of {n_ctx} tokens for {name}"
             context = llamacpp.Context(

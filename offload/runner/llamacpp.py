@@ -16,10 +16,13 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offload.errors import BadRequest, ContextLengthExceeded, RunnerError, RunnerStartFailed
 from offload.generation import SamplingOptions
+
+if TYPE_CHECKING:
+    from offload.runner.adapters import LoraSet
 
 
 def _bindings() -> Any:
@@ -184,6 +187,7 @@ class Model:
         )
         self.bos = int(C.llama_vocab_bos(self.vocab))
         self._piece = ctypes.create_string_buffer(256)
+        self.adapters: LoraSet | None = None  # LoRA adapters every context made from this model applies
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Special tokens written in `text` (from the chat template) are parsed as such; at most one BOS."""
@@ -288,6 +292,8 @@ class Context:
         handle = C.llama_init_from_model(model.handle, params)
         if not handle:
             raise RunnerStartFailed(f"llama.cpp could not create a context of {n_ctx} tokens")
+        if model.adapters is not None:
+            model.adapters.apply(handle)
         self.handle = handle
         self.threadpool = Threadpool(n_threads)
         _attach_threadpool(handle, self.threadpool.handle, self.threadpool.handle)

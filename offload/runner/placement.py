@@ -18,7 +18,8 @@ from typing import Any
 
 _LAYER = re.compile(r"layer\s+(\d+) assigned to device (\S+?),")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS) buffer size =\s*([\d.]+) MiB")
+# "LoRA": buffers of LoRA adapters (runner/adapters.py), kept beside the layers they adapt.
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS|LoRA) buffer size =\s*([\d.]+) MiB")
 _HOST_SUFFIXES = ("_Mapped", "_REPACK", "_Host")
 MIB = 1 << 20
 

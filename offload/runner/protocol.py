@@ -54,6 +54,9 @@ class LoadOptions:
     tensor_split: tuple[float, ...] = ()
     # Same output for a request whatever else is batched with it (config batch_invariant): see engine.py.
     batch_invariant: bool = False
+    # LoRA adapters (GGUF path, scale), applied in this order to every context after the model loads; one that
+    # llama.cpp cannot load fails the load (runner/adapters.py).
+    lora_adapters: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
