@@ -9,14 +9,17 @@
     │   ├── TemplateError             400 template_error
     │   ├── ContextLengthExceeded     400 context_length_exceeded
     │   ├── PlanRefused               400 plan_refused
-    │   └── UnsupportedByModel        400 unsupported_by_model
+    │   ├── UnsupportedByModel        400 unsupported_by_model
+    │   └── NoGGUF                    400 no_gguf
     ├── Unauthorized                  401 invalid_api_key
     ├── Forbidden                     403 forbidden
     │   ├── HostNotAllowed            403 host_not_allowed
-    │   └── OriginNotAllowed          403 origin_not_allowed
+    │   ├── OriginNotAllowed          403 origin_not_allowed
+    │   └── HubAuthRequired           403 hub_auth_required
     ├── NotFound                      404 not_found
     │   ├── ModelNotFound             404 model_not_found
-    │   └── BlobNotFound              404 blob_not_found
+    │   ├── BlobNotFound              404 blob_not_found
+    │   └── HubNotFound               404 hub_not_found
     ├── Conflict                      409 conflict
     ├── PayloadTooLarge               413 request_too_large
     ├── ServerBusy                    503 server_busy
@@ -24,6 +27,9 @@
     │   ├── StorageFull               507 insufficient_storage
     │   └── CorruptBlob               500 corrupt_blob
     ├── StarterUnavailable            500 starter_unavailable
+    ├── HubError                      502 hub_error
+    │   ├── HubUnreachable            502 hub_unreachable
+    │   └── ChecksumMismatch          502 checksum_mismatch
     └── RunnerError                   500 runner_error
         ├── RunnerStartFailed         500 runner_start_failed
         │   ├── BackendUnusable       500 backend_unusable
@@ -90,6 +96,12 @@ class UnsupportedByModel(BadRequest):
     code = "unsupported_by_model"
 
 
+class NoGGUF(BadRequest):
+    """A model hub repository holds nothing llama.cpp can load; the message says where to look instead."""
+
+    code = "no_gguf"
+
+
 class Unauthorized(OffloadError):
     """An API key is configured and the request did not carry it as `Authorization: Bearer <key>`."""
 
@@ -117,6 +129,12 @@ class OriginNotAllowed(Forbidden):
     code = "origin_not_allowed"
 
 
+class HubAuthRequired(Forbidden):
+    """The model hub refused us a repository (gated or private): the message says to set HF_TOKEN."""
+
+    code = "hub_auth_required"
+
+
 class NotFound(OffloadError):
     status = 404
     code = "not_found"
@@ -132,6 +150,12 @@ class ModelNotFound(NotFound):
 
 class BlobNotFound(NotFound):
     code = "blob_not_found"
+
+
+class HubNotFound(NotFound):
+    """The model hub has no such repository, revision, file or quantization."""
+
+    code = "hub_not_found"
 
 
 class Conflict(OffloadError):
@@ -185,6 +209,23 @@ class CorruptBlob(StoreError):
 
 class StarterUnavailable(OffloadError):
     code = "starter_unavailable"
+
+
+class HubError(OffloadError):
+    """The model hub failed or answered something offload cannot use (a 5xx, a response without its metadata)."""
+
+    status = 502
+    code = "hub_error"
+
+
+class HubUnreachable(HubError):
+    code = "hub_unreachable"
+
+
+class ChecksumMismatch(HubError):
+    """A downloaded file did not hash to the sha256 the hub lists for it; the file was deleted."""
+
+    code = "checksum_mismatch"
 
 
 class RunnerError(OffloadError):

@@ -5,6 +5,10 @@ counts. Here every count and length is checked against `GGUFLimits` and against 
 file *before* anything is allocated, so a hostile file fails fast with `InvalidGGUF` instead of eating
 memory. `read_gguf` raises nothing but `InvalidGGUF`. Tensor data is never read.
 
+A model split by llama.cpp's gguf-split (`<prefix>-00001-of-00003.gguf`, ...) is read whole when its first part is
+named that way and the other parts sit beside it under their own names, which is where llama.cpp looks for them
+too: the metadata of the first part, the tensor tables of all. Anything else is read as the one file it is.
+
 Beyond the layout, it refuses what llama.cpp refuses or would misread (nested arrays, tensor names of 64
 bytes or more, tokenizer arrays of the wrong type or length), so a file that passes here does not first
 fail, or read out of bounds, inside a runner. tests/security/ holds the hostile cases and a fuzz target.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import stat
 import struct
 from collections import Counter
@@ -118,7 +123,7 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # ggml order: shape[0] is the fastest-varying (row) dimension
     ggml_type: int
-    offset: int  # from GGUFFile.data_offset
+    offset: int  # from the data_offset of its file (for a split model, of the part that holds it)
     n_bytes: int
 
     @property
@@ -139,8 +144,8 @@ class GGUFFile:
     metadata: Mapping[str, Any]
     tensors: tuple[TensorInfo, ...]
     alignment: int
-    data_offset: int
-    file_size: int
+    data_offset: int  # of the first part, for a split model
+    file_size: int  # of all parts together, for a split model
 
     @property
     def architecture(self) -> str:
@@ -524,13 +529,56 @@ def _parse(reader: _Reader, path: Path, limits: GGUFLimits) -> GGUFFile:
     )
 
 
+_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-00001-of-(?P<count>\d{5})\.gguf")
+
+
 def read_gguf(path: Path, *, limits: GGUFLimits = GGUFLimits()) -> GGUFFile:
-    """Read and validate the header, metadata and tensor table of `path`.
+    """Read and validate the header, metadata and tensor table of `path` (of every part of a split model whose
+    first part `path` is; see the module docstring).
 
     Raises only `InvalidGGUF` (also for I/O errors and non-regular files), with a message saying what is
     wrong and where. Metadata arrays come back as tuples; the mapping is read-only.
     """
     path = Path(path)
+    first = _read_file(path, limits)
+    count = first.metadata.get("split.count")
+    named = _SPLIT_NAME.fullmatch(path.name)
+    if not isinstance(count, int) or count < 2 or named is None or int(named["count"]) != count:
+        return first
+    siblings = [path.with_name(f"{named['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(2, count + 1)]
+    return merge_split(first, [_read_file(sibling, limits) for sibling in siblings], limits)
+
+
+def merge_split(first: GGUFFile, rest: list[GGUFFile], limits: GGUFLimits = GGUFLimits()) -> GGUFFile:
+    """One model from the parts of a split GGUF, in order: the first part's metadata, every part's tensors.
+    Raises InvalidGGUF unless each part says it is that part of that many (`split.no`, `split.count`), the parts
+    hold `split.tensors.count` tensors together (when the first says), and no tensor appears twice."""
+    parts = [first, *rest]
+    for index, part in enumerate(parts):
+        if part.metadata.get("split.no") != index or part.metadata.get("split.count") != len(parts):
+            raise InvalidGGUF(f"{part.path.name}: not part {index + 1} of a {len(parts)}-part split model")
+    tensors = tuple(tensor for part in parts for tensor in part.tensors)
+    declared = first.metadata.get("split.tensors.count")
+    if declared is not None and declared != len(tensors):
+        raise InvalidGGUF(f"{first.path.name}: the parts hold {len(tensors)} tensors, the first says {declared}")
+    if len(tensors) > limits.max_tensors:
+        raise InvalidGGUF(f"{first.path.name}: {len(tensors)} tensors exceed the limit of {limits.max_tensors}")
+    names = Counter(tensor.name for tensor in tensors)
+    twice = [name for name, n in names.items() if n > 1]
+    if twice:
+        raise InvalidGGUF(f"{first.path.name}: tensor {twice[0]!r} appears in two parts")
+    return GGUFFile(
+        path=first.path,
+        version=first.version,
+        metadata=first.metadata,
+        tensors=tensors,
+        alignment=first.alignment,
+        data_offset=first.data_offset,
+        file_size=sum(part.file_size for part in parts),
+    )
+
+
+def _read_file(path: Path, limits: GGUFLimits) -> GGUFFile:
     try:
         # O_NONBLOCK so that a FIFO cannot hang the open; it is rejected right after.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))

@@ -154,3 +154,40 @@ def test_not_a_regular_file(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(InvalidGGUF, match="not a regular file"):
         read_gguf(fifo)
+
+
+# --- split models (gguf-split's <prefix>-00001-of-0000N.gguf) -------------------------------------
+
+
+def test_a_split_model_is_read_whole_from_its_first_part(tmp_path: Path) -> None:
+    whole = read_gguf(write_tiny_gguf(tmp_path / "whole.gguf"))
+    first = write_tiny_gguf(tmp_path / "m.gguf", split_max_tensors=4)
+    assert first.name == "m-00001-of-00003.gguf"
+    split = read_gguf(first)
+    assert [t.name for t in split.tensors] == [t.name for t in whole.tensors]
+    assert split.parameter_count == whole.parameter_count
+    assert split.metadata["split.count"] == 3
+    assert split.file_size == sum(p.stat().st_size for p in tmp_path.glob("m-*.gguf"))
+
+
+def test_a_split_part_under_another_name_is_read_alone(tmp_path: Path) -> None:
+    first = write_tiny_gguf(tmp_path / "m.gguf", split_max_tensors=4)
+    renamed = first.rename(tmp_path / "blob")
+    assert len(read_gguf(renamed).tensors) == 4
+
+
+def test_a_missing_part_is_invalid(tmp_path: Path) -> None:
+    first = write_tiny_gguf(tmp_path / "m.gguf", split_max_tensors=4)
+    (tmp_path / "m-00002-of-00003.gguf").unlink()
+    with pytest.raises(InvalidGGUF, match=r"m-00002-of-00003\.gguf"):
+        read_gguf(first)
+
+
+def test_parts_out_of_order_are_invalid(tmp_path: Path) -> None:
+    first = write_tiny_gguf(tmp_path / "m.gguf", split_max_tensors=4)
+    second, third = tmp_path / "m-00002-of-00003.gguf", tmp_path / "m-00003-of-00003.gguf"
+    second.rename(tmp_path / "swap")
+    third.rename(second)
+    (tmp_path / "swap").rename(third)
+    with pytest.raises(InvalidGGUF, match="not part 2 of a 3-part split model"):
+        read_gguf(first)
