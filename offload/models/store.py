@@ -9,6 +9,10 @@ place, and a model's manifest is written last, so a crash leaves at most an unre
 removes its `.tmp-*` file and leaves the store as it was. Names and digests are validated before they
 touch a path, and every path must resolve inside the root (a planted symlink cannot redirect us).
 
+A model split by gguf-split keeps each part as a blob (one model layer each, in order) and is loaded through a
+folder of links named as llama.cpp expects (split_links.py). A pull downloads into a `.partial-*` file that
+outlives an interrupted pull, so the next one resumes (partial.py); it becomes a blob only once it hashes to its name.
+
 Integrity: blobs are verified by sha256 while they are written, and `verify` checks a model's GGUF again before
 each load unless its file is unchanged (same device, inode, size, mtime and ctime) since this process last hashed
 or wrote it. A blob that no longer matches its digest is removed (CorruptBlob: pull or import the model again), so
@@ -22,7 +26,6 @@ cannot remove a blob an import is about to reference (if imports keep it busy, g
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,11 +51,12 @@ from offload.errors import (
     InvalidName,
     ModelNotFound,
     OffloadError,
-    StorageFull,
     StoreError,
 )
 from offload.models import gguf
 from offload.models.names import ModelName, parse_name, validate_digest
+from offload.models.partial import PartialBlob, write_failed
+from offload.models.split_links import first_part, remove_dangling
 
 if sys.platform != "win32":
     import fcntl
@@ -73,8 +77,6 @@ _MAX_MANIFEST_BYTES = 1 << 20
 _MAX_TEXT_LAYER_BYTES = 1 << 24
 _STALE_TEMP_SECONDS = 24 * 3600
 _GC_LOCK_WAIT_SECONDS = 2.0
-# errno values meaning "no room for this write": disk full, quota, the process's file size limit (RLIMIT_FSIZE)
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 FileIdentity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
 
@@ -86,14 +88,6 @@ def file_identity(path: Path) -> FileIdentity | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _write_failed(what: str, exc: OSError) -> StoreError:
-    """StorageFull (its message names no path: clients see it) when the disk had no room, else StoreError."""
-    if exc.errno in _NO_SPACE:
-        reason = os.strerror(exc.errno)
-        return StorageFull(f"no space left in the model store while {what} ({reason}); partial files were removed")
-    return StoreError(f"{what} failed: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +102,7 @@ class StoredModel:
     system: str | None
     parameters: dict[str, Any]
     license: str | None
+    split_parts: tuple[str, ...] = ()  # digests of parts 2..N of a split GGUF (model_path links part 1)
 
 
 class Store:
@@ -174,17 +169,57 @@ class Store:
                 return expected
             return self._stream_blob(source, expected, progress)
 
+    def blob_intact(self, digest: str) -> bool:
+        """Whether blob `digest` is stored and hashes to its name (read unless unchanged since it was last hashed or
+        written here). One that does not is removed."""
+        return self._intact(validate_digest(digest))
+
+    @contextlib.contextmanager
+    def partial(self, digest: str) -> Iterator[PartialBlob]:
+        """The partial download of blob `digest`, open and locked (waits while another download of it holds it);
+        `adopt` moves it into place once complete. See offload/models/partial.py."""
+        expected = validate_digest(digest)
+        try:
+            partial = PartialBlob(self._inside(self._blobs / (".partial-" + expected.replace(":", "-"))))
+        except OSError as exc:
+            raise write_failed("starting a download", exc) from exc
+        try:
+            yield partial
+        finally:
+            partial.close()
+
+    def adopt(self, partial: PartialBlob, digest: str) -> None:
+        """Make the finished download `partial` blob `digest`, once it hashes to it. One that does not is removed
+        and InvalidDigest raised."""
+        expected = validate_digest(digest)
+        partial.flush()
+        with self._lock(exclusive=False):
+            try:
+                with _open_regular(partial.path) as file:
+                    found = _hash_file(file)
+            except (OSError, BadRequest) as exc:
+                raise StoreError(f"reading the download of {expected} failed: {exc}") from exc
+            if found != expected:
+                partial.discard()
+                raise InvalidDigest(f"the download hashes to {found}, not {expected}", param="digest")
+            try:
+                self._place(partial.path, expected)
+            except OSError as exc:
+                raise write_failed("storing a download", exc) from exc
+
     def verify(self, model: StoredModel) -> None:
         """Check that the GGUF of `model` still hashes to its digest (blocking: reads the file unless it is unchanged
         since it was last hashed or written here). Raises CorruptBlob, after removing a blob that does not match."""
-        digest = model.model_digest
-        if not self.blob_path(digest).is_file():
-            raise CorruptBlob(f"the model file of {model.name.display} is missing ({digest}); pull or import it again")
-        if not self._intact(digest):
-            raise CorruptBlob(
-                f"the model file of {model.name.display} no longer matches its sha256 digest {digest} (it was changed "
-                "on disk) and was removed; pull or import the model again"
-            )
+        for digest in (model.model_digest, *model.split_parts):
+            if not self.blob_path(digest).is_file():
+                raise CorruptBlob(
+                    f"the model file of {model.name.display} is missing ({digest}); pull or import it again"
+                )
+            if not self._intact(digest):
+                raise CorruptBlob(
+                    f"the model file of {model.name.display} no longer matches its sha256 digest {digest} (it was "
+                    "changed on disk) and was removed; pull or import the model again"
+                )
 
     def _intact(self, digest: str) -> bool:
         """Whether blob `digest` exists and hashes to its name. A blob that does not is removed."""
@@ -238,19 +273,23 @@ class Store:
             digest = "sha256:" + hasher.hexdigest()
             if expected is not None and digest != expected:
                 raise InvalidDigest(f"digest mismatch: expected {expected}, got {digest}", param="digest")
-            target = self.blob_path(digest)
-            if target.is_file() and self._intact(digest):
-                tmp.unlink()  # same content is already stored
-            else:
-                os.replace(tmp, target)
-                _fsync_dir(self._blobs)
-                self._remember(digest, file_identity(target))
+            self._place(tmp, digest)
             return digest
         except OSError as exc:
-            raise _write_failed("writing a blob", exc) from exc
+            raise write_failed("writing a blob", exc) from exc
         finally:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
+
+    def _place(self, file: Path, digest: str) -> None:
+        """Rename `file` (in the blob folder, hashing to `digest`) into place, or drop it if that blob is there."""
+        target = self.blob_path(digest)
+        if target.is_file() and self._intact(digest):
+            file.unlink()  # same content is already stored
+        else:
+            os.replace(file, target)
+            _fsync_dir(self._blobs)
+            self._remember(digest, file_identity(target))
 
     # ----- models ------------------------------------------------------------------------------------
 
@@ -317,10 +356,13 @@ class Store:
         system: str | None = None,
         parameters: dict[str, Any] | None = None,
         license: str | None = None,
+        split_parts: Sequence[str] = (),
     ) -> StoredModel:
         """Write model `name` from a GGUF blob already in the store (it must pass read_gguf, else it is
         removed unless a manifest uses it), plus text layers and the manifest. Replaces an existing model of
-        that name atomically."""
+        that name atomically. A model split by gguf-split is `model_digest` (its first part) and `split_parts`,
+        the digests of the other parts in order (InvalidGGUF unless they are that model's parts).
+       """
         parsed = self._name(name)
         digest = validate_digest(model_digest)
         with self._lock(exclusive=False):
@@ -328,7 +370,8 @@ class Store:
             if not blob.is_file():
                 raise BlobNotFound(f"blob {digest} not found", param="model_digest")
             info = self._read_model_blob(digest, blob)
-            return self._write_model(parsed, digest, blob, info, template, system, parameters, license)
+            info, split = self._split_parts(info, split_parts)
+            return self._write_model(parsed, digest, blob, info, template, system, parameters, license, split=split)
 
     def copy(self, source: str | ModelName, destination: str | ModelName) -> StoredModel:
         src, dst = self._name(source), self._name(destination)
@@ -361,6 +404,7 @@ class Store:
             for digest in candidates - self._referenced_digests():
                 with contextlib.suppress(OSError):
                     self.blob_path(digest).unlink(missing_ok=True)
+            remove_dangling(self.root)
 
     # ----- internals ---------------------------------------------------------------------------------
 
@@ -374,6 +418,20 @@ class Store:
                 blob.unlink(missing_ok=True)
             raise
 
+    def _split_parts(
+        self, first: gguf.GGUFFile, digests: Sequence[str]
+    ) -> tuple[gguf.GGUFFile, tuple[tuple[str, int], ...]]:
+        """The whole model and (digest, size) of each further part; raises BlobNotFound, InvalidGGUF."""
+        parts: list[tuple[str, int]] = []
+        infos: list[gguf.GGUFFile] = []
+        for digest in map(validate_digest, digests):
+            blob = self.blob_path(digest)
+            if not blob.is_file():
+                raise BlobNotFound(f"blob {digest} not found", param="split_parts")
+            infos.append(self._read_model_blob(digest, blob))
+            parts.append((digest, blob.stat().st_size))
+        return (gguf.merge_split(first, infos) if infos else first), tuple(parts)
+
     def _write_model(
         self,
         name: ModelName,
@@ -384,8 +442,11 @@ class Store:
         system: str | None,
         parameters: dict[str, Any] | None,
         license: str | None,
+        *,
+        split: Sequence[tuple[str, int]] = (),
     ) -> StoredModel:
         layers = [_layer(MODEL_MEDIA_TYPE, model_digest, blob.stat().st_size)]
+        layers += [_layer(MODEL_MEDIA_TYPE, digest, size) for digest, size in split]
         texts = [(TEMPLATE_MEDIA_TYPE, template), (SYSTEM_MEDIA_TYPE, system), (LICENSE_MEDIA_TYPE, license)]
         if parameters:
             try:
@@ -437,9 +498,16 @@ class Store:
         models = [layer for layer in layers if layer[0] == MODEL_MEDIA_TYPE]
         if not models:
             raise StoreError(f"the manifest of {name.display} has no model layer")
-        model_path = self.blob_path(models[0][1])
-        if not model_path.is_file():
-            raise CorruptBlob(f"the model file of {name.display} is missing ({models[0][1]}); pull or import it again")
+        blobs = [self.blob_path(digest) for _, digest, _ in models]
+        for blob, (_, digest, _) in zip(blobs, models, strict=True):
+            if not blob.is_file():
+                raise CorruptBlob(f"the model file of {name.display} is missing ({digest}); pull or import it again")
+        model_path = blobs[0]
+        if len(blobs) > 1:
+            try:
+                model_path = self._inside(first_part(self.root, blobs))
+            except OSError as exc:
+                raise StoreError(f"cannot link the parts of {name.display}: {exc}") from exc
 
         def text(media_type: str) -> str | None:
             parts = [self._read_text(name, d) for m, d, _ in layers if m == media_type]
@@ -465,6 +533,7 @@ class Store:
             system=text(SYSTEM_MEDIA_TYPE),
             parameters=parameters,
             license=text(LICENSE_MEDIA_TYPE),
+            split_parts=tuple(digest for _, digest, _ in models[1:]),
         )
 
     def _read_text(self, name: ModelName, digest: str) -> str:
@@ -524,7 +593,7 @@ class Store:
                 tmp.unlink(missing_ok=True)
             _fsync_dir(path.parent)
         except OSError as exc:
-            raise _write_failed("writing a manifest", exc) from exc
+            raise write_failed("writing a manifest", exc) from exc
 
     def _remove_stale_temps(self) -> None:
         cutoff = time.time() - _STALE_TEMP_SECONDS
