@@ -172,6 +172,14 @@ def serve(
     gpu_layers: Annotated[
         str | None, typer.Option(help=_describe("gpu_layers"), show_default=_default_text("gpu_layers"))
     ] = None,
+    model_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model-path",
+            help=_describe("models_path") + " Replaces OFFLOAD_MODELS_PATH.",
+            show_default=False,
+        ),
+    ] = None,
     import_starter: Annotated[
         bool,
         typer.Option(
@@ -190,6 +198,7 @@ def serve(
         "log_level": log_level,
         "backend": gpu_backend,
         "gpu_layers": gpu_layers,
+        "models_path": tuple(model_path) if model_path else None,
     }
     settings = _settings(**flags)
     if port is not None:
@@ -308,10 +317,12 @@ def _load(api: ApiClient, model: str, extra: dict[str, Any]) -> None:
 
 @app.command("list")
 def list_models(host: HostOption = None) -> None:
-    """List the models in the store."""
+    """List the models in the store, and those the server found on disk (--model-path folders, the Ollama store,
+    the Hugging Face cache, LM Studio), each with its SOURCE; found files that cannot serve are listed after,
+    with the reason."""
     with _api(host) as api:
-        body = api.request("GET", "/api/tags") or {}
-    typer.echo(list_table(body.get("models") or [], now_utc()))
+        body = api.request("GET", "/api/tags", wait=True) or {}  # a first search on disk may take seconds
+    typer.echo(list_table(body.get("models") or [], now_utc(), body.get("offload")))
 
 
 app.command("ls", hidden=True)(list_models)
@@ -395,9 +406,11 @@ def cp(
     destination: Annotated[str, typer.Argument(help="New name.")],
     host: HostOption = None,
 ) -> None:
-    """Copy a model under a new name (no bytes are duplicated)."""
+    """Copy a model under a new name (no bytes are duplicated). A model found on disk (see `offload list`) is
+    adopted: its file is copied into the store, checked against its sha256 where its source names one."""
     with _api(host) as api:
-        api.request("POST", "/api/copy", {"source": source, "destination": destination})
+        # Adopting copies (and hashes) a whole GGUF: no read timeout.
+        api.request("POST", "/api/copy", {"source": source, "destination": destination}, wait=True)
     typer.echo(f"copied '{source}' to '{destination}'")
 
 

@@ -123,18 +123,31 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def list_table(models: Sequence[Mapping[str, Any]], now: datetime) -> str:
-    """`offload list`: NAME ID SIZE MODIFIED from /api/tags entries."""
+def list_table(
+    models: Sequence[Mapping[str, Any]], now: datetime, extra: Mapping[str, Any] | None = None
+) -> str:
+    """`offload list`: NAME ID SIZE MODIFIED SOURCE from /api/tags entries (a found model's `offload.source`,
+    else "store"); then, from `extra` (/api/tags' `offload`), the found models that cannot serve and why."""
     rows = [
         [
             str(m.get("name") or m.get("model") or ""),
             short_id(m.get("digest")),
             human_bytes(_int(m.get("size"))),
             human_time(parse_time(m.get("modified_at")), now),
+            str(_mapping(m.get("offload")).get("source") or "store"),
         ]
         for m in models
     ]
-    return table(["NAME", "ID", "SIZE", "MODIFIED"], rows)
+    text = table(["NAME", "ID", "SIZE", "MODIFIED", "SOURCE"], rows)
+    unusable = (extra or {}).get("unusable")
+    bad = [_mapping(entry) for entry in unusable] if isinstance(unusable, list) else []
+    if bad:
+        cells = [[str(e.get(k) or "") for k in ("name", "source", "reason", "path")] for e in bad]
+        text += "\n\n" + table(["NOT USABLE", "SOURCE", "WHY", "PATH"], cells)
+    stopped = (extra or {}).get("scan_stopped")
+    if stopped:
+        text += f"\n\nnote: the search for models on disk stopped early ({stopped}); the next list goes on"
+    return text
 
 
 def _until(expires_at: object, now: datetime) -> str:

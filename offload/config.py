@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 DEFAULT_PORT = 11434
 BACKENDS = ("auto", "cuda", "rocm", "vulkan", "metal", "cpu")
+DISCOVERABLE = ("ollama", "huggingface", "lmstudio")  # offload/models/found.py names the same sources
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 # A key travels in an HTTP header: printable ASCII without spaces, so every client sends it unchanged.
 _KEY_CHARS = frozenset(chr(code) for code in range(0x21, 0x7F))
@@ -186,6 +187,38 @@ class Settings(BaseSettings):
         "(/api/blobs) are not JSON and are not limited by it.",
         json_schema_extra=_key("server.max_body_bytes"),
     )
+    models_path: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="Folders searched, with their subfolders, for .gguf files that are listed and served where they "
+        "are, without copying: each is named by its file name without .gguf (a split model by its first part's). "
+        "Separated like PATH (':', ';' on Windows); `offload serve --model-path DIR` may be repeated.",
+        json_schema_extra=_key("models.path"),
+    )
+    discover: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("ollama", "huggingface", "lmstudio"),
+        description="Other programs' model folders whose GGUF files are listed and served where they are, "
+        "comma-separated: ollama, huggingface, lmstudio; `none` for none. Found files are never changed; `offload "
+        "cp FOUND NAME` copies one into the store.",
+        json_schema_extra=_key("models.discover"),
+    )
+    ollama_models: Path | None = Field(
+        None,
+        description="The Ollama store to read. Unset: OLLAMA_MODELS, else ~/.ollama/models and "
+        "/usr/share/ollama/.ollama/models (Linux service installs).",
+        json_schema_extra=_key("models.ollama"),
+    )
+    hf_cache: Path | None = Field(
+        None,
+        description="The Hugging Face hub cache to read. Unset: HF_HUB_CACHE, else $HF_HOME/hub, else "
+        "~/.cache/huggingface/hub.",
+        json_schema_extra=_key("models.hf_cache"),
+    )
+    lmstudio_models: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="LM Studio's models folders to read, separated like models.path. Unset: ~/.lmstudio/models "
+        "and ~/.cache/lm-studio/models.",
+        json_schema_extra=_key("models.lmstudio"),
+    )
 
     @field_validator("backend")
     @classmethod
@@ -252,6 +285,39 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return tuple(value)
         return value
+
+    @field_validator("models_path", "lmstudio_models", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        # The environment and CLI give one string separated like PATH; config.toml may give a list.
+        if isinstance(value, str | Path):
+            return tuple(Path(part).expanduser() for part in str(value).split(os.pathsep) if part.strip())
+        if isinstance(value, list):
+            return tuple(Path(str(part)).expanduser() for part in value)
+        return value
+
+    @field_validator("discover", mode="before")
+    @classmethod
+    def _sources(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            names = tuple(str(part).strip().lower() for part in value)
+            if names == ("none",):
+                return ()
+            unknown = [name for name in names if name not in DISCOVERABLE]
+            if unknown:
+                known = ", ".join(DISCOVERABLE)
+                raise ValueError(f"unknown source {unknown[0]!r}: discover takes {known} or none")
+            return names
+        return value
+
+    @field_validator("ollama_models", "hf_cache", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return Path(str(value)).expanduser()
 
     @field_validator("origins", "allowed_hosts")
     @classmethod
@@ -491,6 +557,13 @@ def _shown(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
+def _joined(values: tuple[Any, ...]) -> str:
+    # Folder lists are separated like PATH (a comma may be in a folder's name), other lists by commas.
+    if values and all(isinstance(value, Path) for value in values):
+        return os.pathsep.join(str(value) for value in values)
+    return ",".join(str(value) for value in values)
+
+
 def _storable(value: Any) -> Any:
     """A Settings value as config.toml holds it."""
     if isinstance(value, Path):
@@ -498,7 +571,7 @@ def _storable(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, tuple):
-        return list(value)
+        return [str(item) if isinstance(item, Path) else item for item in value]
     return value
 
 
@@ -519,7 +592,7 @@ def config_entries(settings: Settings, environ: Mapping[str, str], home: Path) -
         else:
             source = "default"
         value = getattr(settings, name)
-        entries.append((key, ",".join(value) if isinstance(value, tuple) else _shown(value), source))
+        entries.append((key, _joined(value) if isinstance(value, tuple) else _shown(value), source))
     return entries
 
 

@@ -27,6 +27,7 @@
     │   ├── StorageFull               507 insufficient_storage
     │   └── CorruptBlob               500 corrupt_blob
     ├── StarterUnavailable            500 starter_unavailable
+    ├── FoundModelBroken              500 found_model_broken
     ├── HubError                      502 hub_error
     │   ├── HubUnreachable            502 hub_unreachable
     │   └── ChecksumMismatch          502 checksum_mismatch
@@ -209,6 +210,13 @@ class CorruptBlob(StoreError):
 
 class StarterUnavailable(OffloadError):
     code = "starter_unavailable"
+
+
+class FoundModelBroken(OffloadError):
+    """A model found outside the store (an Ollama store, the Hugging Face cache, a model path) whose file is
+    missing or not a valid GGUF; the message says why and names no folder. offload never changes such files."""
+
+    code = "found_model_broken"
 
 
 class HubError(OffloadError):

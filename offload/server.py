@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 
 from offload.api.app import create_app
-from offload.config import Settings
+from offload.config import Settings, process_environ
+from offload.models import catalog
+from offload.models.catalog import discovery_for
 from offload.models.store import Store
 from offload.scheduler import Scheduler
 
@@ -24,9 +28,10 @@ def serve(settings: Settings) -> None:
     )
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.models_dir)
-    scheduler = Scheduler(settings, verify=store.verify)
+    discovery = discovery_for(settings, process_environ(), Path.home())
+    scheduler = Scheduler(settings, verify=functools.partial(catalog.verify, store, discovery))
     scheduler.prepare()  # logs the backend plan: what will run where, before the first request
-    app = create_app(settings, store, scheduler)
+    app = create_app(settings, store, scheduler, discovery)
     host, port = settings.bind
     config = uvicorn.Config(
         app,

@@ -19,6 +19,7 @@ from offload.api.metrics import CONTENT_TYPE, Metrics
 from offload.api.security import ApiKeyMiddleware, HostOriginMiddleware, is_loopback
 from offload.api.streaming import CLIENT_GONE
 from offload.config import Settings
+from offload.models.discover import Discovery
 from offload.models.store import Store
 
 log = logging.getLogger("offload.api")
@@ -84,7 +85,9 @@ class AccessMiddleware:
             access_log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000)
 
 
-def create_app(settings: Settings, store: Store, scheduler: SchedulerLike) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store, scheduler: SchedulerLike, discovery: Discovery | None = None
+) -> FastAPI:
     """The ASGI app serving Ollama's API (/api/*), OpenAI's (/v1/*), /, /health, /metrics.
 
     Requests pass, outermost first: the access log and metrics, the Host and Origin checks with CORS, the API
@@ -93,7 +96,9 @@ def create_app(settings: Settings, store: Store, scheduler: SchedulerLike) -> Fa
     """
     app = FastAPI(title="offload", version=version(), docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(scheduler.running)
-    app.state.offload = AppState(settings=settings, store=store, scheduler=scheduler, metrics=metrics)
+    app.state.offload = AppState(
+        settings=settings, store=store, scheduler=scheduler, metrics=metrics, discovery=discovery
+    )
     errors.install(app)
     key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     bind_host = settings.bind[0]

@@ -25,7 +25,8 @@ from offload.api.metrics import Metrics
 from offload.config import Settings
 from offload.errors import BadRequest, InvalidGGUF, PayloadTooLarge
 from offload.generation import Chunk, EmbedRequest, EmbedResult, GenerateRequest
-from offload.models import starter
+from offload.models import catalog
+from offload.models.discover import Discovery, Scan
 from offload.models.gguf import GGUFFile, read_gguf
 from offload.models.store import Store, StoredModel
 
@@ -91,17 +92,29 @@ class AppState:
     store: Store
     scheduler: SchedulerLike
     metrics: Metrics
+    discovery: Discovery | None = None  # models found outside the store; None: the store's only
     _gguf_cache: OrderedDict[str, GGUFFile] = field(default_factory=OrderedDict)
     _render_limiter: anyio.CapacityLimiter | None = None
 
     async def resolve(self, name: str | None) -> StoredModel:
-        """The stored model called `name`; the starter model is imported on first use (in a worker thread).
+        """The stored model called `name` (the starter model is imported on first use), else the model found on
+        disk by that name (catalog.py). Runs in a worker thread.
 
-        Raises BadRequest (no name), InvalidName, ModelNotFound, StarterUnavailable.
+        Raises BadRequest (no name), InvalidName, ModelNotFound, StarterUnavailable, FoundModelBroken.
         """
         if not name:
             raise BadRequest("model is required", param="model")
-        return await anyio.to_thread.run_sync(starter.resolve, self.store, name)
+        return await anyio.to_thread.run_sync(catalog.resolve, self.store, self.discovery, name)
+
+    async def scan(self) -> Scan | None:
+        """The models found on disk (a recent scan is reused); None when discovery is off."""
+        if self.discovery is None or not self.discovery.enabled:
+            return None
+        return await anyio.to_thread.run_sync(self.discovery.scan)
+
+    def verify(self, model: StoredModel) -> None:
+        """catalog.verify for this app's store and discovery (blocking)."""
+        catalog.verify(self.store, self.discovery, model)
 
     async def gguf(self, model: StoredModel) -> GGUFFile:
         """The GGUF metadata of a stored model, read once per GGUF digest. Raises CorruptBlob when its file changed
@@ -109,7 +122,7 @@ class AppState:
         try:
             return await self.gguf_by_digest(model.model_digest, model.model_path)
         except InvalidGGUF:
-            await anyio.to_thread.run_sync(self.store.verify, model)
+            await anyio.to_thread.run_sync(self.verify, model)
             raise
 
     async def gguf_by_digest(self, digest: str, path: Path) -> GGUFFile:

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from offload.api.options import ResolvedOptions
 from offload.api.schema import schema_text
@@ -181,7 +181,18 @@ def embed_inputs(value: str | list[str] | None) -> tuple[str, ...]:
     return tuple(value)
 
 
-def model_details(info: GGUFFile | None) -> dict[str, Any]:
+class ModelFacts(Protocol):
+    """What "details" shows of a GGUF: a GGUFFile has it, and so does a found model's summary."""
+
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def parameter_count(self) -> int: ...
+    @property
+    def file_type(self) -> str: ...
+
+
+def model_details(info: ModelFacts | None) -> dict[str, Any]:
     """Ollama's "details" object; an unreadable GGUF gives empty strings rather than failing a listing."""
     if info is None:
         return {

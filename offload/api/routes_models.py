@@ -26,6 +26,8 @@ from offload.api.streaming import ndjson, streaming_response
 from offload.api.wire import ModelRef, OllamaCopy, OllamaCreate, OllamaPull, OllamaShow
 from offload.errors import BadRequest, OffloadError
 from offload.models import starter
+from offload.models.catalog import adopt, as_stored, found_of, lookup, source_label
+from offload.models.found import SOURCE_LABELS, SOURCE_STORE
 from offload.models.gguf import GGUFFile, describe
 from offload.models.names import parse_name, validate_digest
 from offload.models.store import StoredModel
@@ -49,10 +51,26 @@ async def _details(state: AppState, model: StoredModel) -> dict[str, Any]:
 
 @router.get("/api/tags")
 async def tags(request: Request) -> Response:
+    """The store's models, then the usable models found on disk (each with `offload.source` and `offload.path`).
+    Beside Ollama's `models`, `offload.unusable` lists the found models that cannot serve (broken, or shadowed by
+    a model of the same name), with the reason; Ollama clients ignore it and never see a model they cannot use."""
     state = get_state(request)
     models = await anyio.to_thread.run_sync(state.store.list)
     entries = [ollama.tag_entry(model, await _details(state, model)) for model in models]
-    return JSONResponse({"models": entries})
+    scan = await state.scan()
+    if scan is None:
+        return JSONResponse({"models": entries})
+    stored = {model.name for model in models}
+    unusable = []
+    for found in scan.models:
+        if found.usable and found.name not in stored:
+            entry = ollama.tag_entry(as_stored(found), ollama.model_details(found.summary))
+            entries.append({**entry, "offload": {"source": found.source, "path": str(found.path)}})
+            continue
+        winner = SOURCE_LABELS[found.shadowed_by or SOURCE_STORE]
+        reason = found.problem or f"shadowed by the model of the same name in {winner}"
+        unusable.append({"name": found.label, "source": found.source, "path": str(found.path), "reason": reason})
+    return JSONResponse({"models": entries, "offload": {"unusable": unusable, "scan_stopped": scan.stopped}})
 
 
 @router.post("/api/show")
@@ -75,7 +93,7 @@ async def ps(request: Request) -> Response:
         digest = running.model_digest
         info: GGUFFile | None = None
         try:
-            stored = await anyio.to_thread.run_sync(state.store.get, running.name)
+            stored = await anyio.to_thread.run_sync(lookup, state.store, state.discovery, running.name)
             digest = stored.digest
             info = await state.gguf(stored)
         except OffloadError as exc:
@@ -101,6 +119,11 @@ async def copy(request: Request) -> Response:
     state = get_state(request)
     wire = await parse_body(request, OllamaCopy)
     source = await state.resolve(wire.source)
+    if found_of(source) is not None:
+        # A found model is adopted: its file is copied into the store (checked against its digest where known).
+        adopted = await anyio.to_thread.run_sync(adopt, state.store, source, wire.destination)
+        log.info("adopted %s from %s as %s", source.name, source_label(source), adopted.name)
+        return Response(status_code=200)
     await anyio.to_thread.run_sync(state.store.copy, source.name, wire.destination)
     return Response(status_code=200)
 
@@ -111,7 +134,13 @@ async def delete(request: Request) -> Response:
     wire = await parse_body(request, ModelRef)
     if not wire.target:
         raise BadRequest("model is required", param="model")
-    stored = await anyio.to_thread.run_sync(state.store.get, wire.target)
+    stored = await anyio.to_thread.run_sync(lookup, state.store, state.discovery, wire.target)
+    if found_of(stored) is not None:
+        raise BadRequest(
+            f"{stored.name} was found in {source_label(stored)}: offload does not delete other programs' files "
+            "(remove it there)",
+            param="model",
+        )
     # Unload first: a runner must not keep serving (and mapping) a model that is no longer listed.
     await state.scheduler.unload(str(stored.name))
     await anyio.to_thread.run_sync(state.store.delete, stored.name)

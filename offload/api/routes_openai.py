@@ -27,6 +27,7 @@ from offload.api.streaming import (
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIEmbeddings
 from offload.errors import BadRequest, OffloadError
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
+from offload.models.catalog import as_stored, lookup
 from offload.models.store import StoredModel
 from offload.models.templates import render_chat, select_template
 
@@ -193,12 +194,16 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = get_state(request)
     models = await anyio.to_thread.run_sync(state.store.list)
+    scan = await state.scan()
+    if scan is not None:  # then the usable models found on disk, as /api/tags lists them
+        names = {model.name for model in models}
+        models += [as_stored(found) for found in scan.models if found.usable and found.name not in names]
     return JSONResponse(openai.model_list(models))
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> Response:
     state = get_state(request)
-    stored = await anyio.to_thread.run_sync(state.store.get, model)
+    stored = await anyio.to_thread.run_sync(lookup, state.store, state.discovery, model)
     body: dict[str, Any] = openai.model_object(stored)
     return JSONResponse(body)

@@ -17,7 +17,15 @@ chunk never leaves a one-token rest, and prefix reuse evaluates at least the pro
 
 Prefix reuse: each slot remembers the tokens its KV cache holds; a new request takes the free slot whose cache
 shares the longest prefix with its prompt (a chat's next turn lands where its last turn was) and evaluates only
-the rest.
+the rest, when that prefix is worth it (REUSE_MIN_TOKENS or half the prompt); otherwise it takes the lowest free slot.
+
+Why slots are packed: each sequence has its own KV stream (the context is not kv_unified), and llama.cpp then
+splits a batch into micro-batches of *consecutive* sequence ids in increasing order (llama_batch_allocr::
+split_equal with sequential=true), one graph evaluation each. Sequences 0-63 in order are one evaluation; the same
+64 scattered over the slots, or listed out of order, are many, and the graph's shape changes from step to step so
+CUDA graphs are never replayed. Measured on an H200 at 64 streams: decode-only steps of 12.7 ms instead of 1.5 ms
+(docs/BENCHMARKS.md). So every llama_decode lists its sequences by id, and a new request fills the lowest free slot
+unless a long shared prefix is worth a hole.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ log = logging.getLogger("offload.runner")
 
 Emit = Callable[[Message], None]
 _EMBED_CTX_MAX = 8192
+# A free slot whose cache shares at least this many tokens (or half the prompt) with a new prompt is taken for
+# reuse even when a lower slot is free. Below that, evaluating the shared tokens again costs less than a gap in the
+# busy slots (see above): prompts that share only BOS and a few template tokens must not scatter over the slots.
+REUSE_MIN_TOKENS = 32
 
 
 @dataclass
@@ -222,7 +234,8 @@ class Engine:
         sampled: list[tuple[Sequence, int]] = []
         for call in calls:
             if call:
-                sampled += self._evaluate(call)
+                # By sequence id: llama.cpp evaluates a run of consecutive ids together (module docstring).
+                sampled += self._evaluate(sorted(call, key=lambda item: item[1].seq_id))
         return sampled
 
     def _chunk_size(self, seq: Sequence, budget: int) -> int:
@@ -358,8 +371,12 @@ class Engine:
         return Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop), stop_tokens)
 
     def _place(self, seq: Sequence, free: list[Slot]) -> None:
-        """Put `seq` in the free slot whose cache shares the longest prefix with its prompt, and keep that prefix."""
+        """Put `seq` in the free slot whose cache shares the longest prefix with its prompt if that prefix is worth a
+        gap in the busy slots, else in the lowest free slot (module docstring); keep the prefix it shares."""
         shared, slot = max(((common_prefix(s.cached, seq.tokens), s) for s in free), key=lambda c: (c[0], -c[1].seq_id))
+        lowest = min(free, key=lambda s: s.seq_id)
+        if shared < REUSE_MIN_TOKENS and 2 * shared < len(seq.tokens) and slot is not lowest:
+            shared, slot = common_prefix(lowest.cached, seq.tokens), lowest
         # The last prompt token is evaluated again: it gives the logits (in invariant mode the last two, see above).
         common = max(0, min(shared, len(seq.tokens) - (2 if self.invariant else 1)))
         if common == 0 or not self.context.forget(slot.seq_id, common):

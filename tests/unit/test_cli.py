@@ -171,16 +171,26 @@ def test_list_table(fake: FakeOllama) -> None:
                     "digest": "f" * 64,
                     "size": 1_610_000_000,
                     "modified_at": iso(-timedelta(days=3)),
+                    "offload": {"source": "ollama", "path": "/o/blobs/sha256-f"},
                 },
-            ]
+            ],
+            "offload": {
+                "unusable": [
+                    {"name": "bad:latest", "source": "path", "reason": "bad.gguf: a FIFO", "path": "/m/bad.gguf"}
+                ],
+                "scan_stopped": None,
+            },
         },
     )
     result = invoke(fake, "list")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
-    assert lines[1].split() == ["gemma3:270m", "e" * 12, "253", "MB", "2", "minutes", "ago"]
-    assert lines[2].split() == ["mine:latest", "f" * 12, "1.6", "GB", "3", "days", "ago"]
+    assert lines[0].split() == ["NAME", "ID", "SIZE", "MODIFIED", "SOURCE"]
+    assert lines[1].split() == ["gemma3:270m", "e" * 12, "253", "MB", "2", "minutes", "ago", "store"]
+    assert lines[2].split() == ["mine:latest", "f" * 12, "1.6", "GB", "3", "days", "ago", "ollama"]
+    assert lines[3] == ""
+    assert lines[4].split() == ["NOT", "USABLE", "SOURCE", "WHY", "PATH"]
+    assert lines[5].split() == ["bad:latest", "path", "bad.gguf:", "a", "FIFO", "/m/bad.gguf"]
 
 
 def test_ps_table_shows_processor_and_placement(fake: FakeOllama) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # isort: off
 # llama.cpp must be loaded before anything that may import numpy: the reverse order crashed on GPU hosts.
-from offload.runner.llamacpp import Context, Model
+from offload.runner.llamacpp import BatchPart, Context, Model
 
 # isort: on
 import asyncio
@@ -101,17 +101,30 @@ def test_eight_streams_are_admitted_at_once_and_batched(batched: Batched) -> Non
 
 
 def test_sampling_on_several_threads_gives_what_one_thread_gives(batched: Batched) -> None:
-    texts = []
-    for threads in (1, 4):
-        run = Run()
-        engine = Engine(batched.model, batched.context, run, n_threads=batched.threads, sampling_threads=threads)
-        for i in range(SLOTS):
-            engine.submit(f"s{i}", request(i))
-        drain(engine)
+    """Eight sequences with their own sampler settings sample from the same logits rows, once one after another and
+    once in groups on 4 threads, for 16 rounds (each chain's state moves on: penalties, RNG): the same tokens.
+    The rows come from one llama_decode, so llama.cpp's own run-to-run differences (where the cells land, the CPU
+    attention's split) are out of the comparison."""
+    engines = [
+        Engine(batched.model, batched.context, Run(), n_threads=batched.threads, sampling_threads=threads)
+        for threads in (1, 4)
+    ]
+    batched.context.clear()
+    prefix = [batched.model.tokenize(PROMPTS[i])[:8] for i in range(SLOTS)]
+    rows = batched.context.decode_parts([BatchPart(tokens, 0, i, output=True) for i, tokens in enumerate(prefix)])
+    tokens: list[list[list[int]]] = []
+    for engine in engines:
+        sequences = [engine._start(f"s{i}", request(i)) for i in range(SLOTS)]
+        pending = [(seq, row) for seq, row in zip(sequences, rows, strict=True) if row is not None]
+        rounds = []
+        for _ in range(16):  # llama_sampler_sample also records each token in its chain
+            rounds.append([token for _, token in engine._sample(pending)])
+        tokens.append(rounds)
+        for seq in sequences:
+            seq.sampler.close()
         engine.stop_sampling_threads()
-        texts.append([(run.text(f"s{i}"), run.final(f"s{i}")["eval_count"]) for i in range(SLOTS)])
-    assert texts[0] == texts[1]
-    assert all(count >= 1 for _, count in texts[0])
+    assert tokens[0] == tokens[1]
+    assert len({token for rounds in tokens[0] for token in rounds}) > SLOTS  # the settings really sample
 
 
 def test_eight_streams_together_give_what_each_gives_alone(starter_model: Path) -> None:
@@ -197,6 +210,36 @@ def test_a_long_prompt_does_not_stall_running_streams(batched: Batched) -> None:
     assert prefill_steps >= 2  # the prompt really took several chunks
     assert running.n_generated - before == prefill_steps  # and the stream advanced on every one of them
     drain(engine)
+
+
+def test_busy_slots_stay_packed_and_each_decode_lists_them_in_order(
+    batched: Batched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp evaluates a batch as one graph only while its sequence ids are consecutive and in increasing order
+    (engine.py's docstring). After a round that fills every slot, new prompts sharing only a few template tokens
+    with slots 1 and 6 take the lowest slots 0, 1, 2 (not 1, 6, 0), and every llama_decode lists its parts by id."""
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    for i in range(SLOTS):
+        engine.submit(f"r1-{i}", request(i, num_predict=2))
+    drain(engine)
+    calls: list[list[int]] = []
+    decode_parts = batched.context.decode_parts
+
+    def recording(parts: list[BatchPart], **kwargs: bool) -> list[int | None]:
+        calls.append([part.seq_id for part in parts])
+        return decode_parts(parts, **kwargs)
+
+    monkeypatch.setattr(batched.context, "decode_parts", recording)
+    topics = ["dragons and castles", "the history of bread", "rivers of the world"]
+    for i, topic in enumerate(topics):
+        prompt = f"<start_of_turn>user\nTell me a long story about {topic}.<end_of_turn>\n<start_of_turn>model\n"
+        engine.submit(f"r2-{i}", GenerateRequest(model="m", prompt=prompt, num_predict=6, sampling=SETTINGS[i]))
+    active = engine.schedule()
+    assert sorted(seq.slot.seq_id for seq in active if seq.slot) == [0, 1, 2]
+    drain(engine)
+    assert calls and all(ids == sorted(ids) for ids in calls)
+    assert all(run.final(f"r2-{i}")["eval_count"] == 6 for i in range(len(topics)))
 
 
 def test_prefix_reuse_picks_the_slot_holding_the_conversation(batched: Batched) -> None:
