@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from offload.errors import StorageFull, StoreError
@@ -37,6 +38,7 @@ class PartialBlob:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.progress: Callable[[int], None] | None = None  # called with the size after each write
         while True:  # the file we lock must still be the one at `path` (a finished one is renamed away)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             if sys.platform != "win32":
@@ -57,10 +59,13 @@ class PartialBlob:
 
     def write(self, data: bytes) -> int:
         try:
-            return self._file.write(data)
+            written = self._file.write(data)
         except OSError as exc:
             self.discard()
             raise write_failed("downloading a blob", exc) from exc
+        if self.progress is not None:
+            self.progress(self._file.tell())
+        return written
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._file.seek(offset, whence)
