@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from offload.cli_common import fail
+from offload.config import joined
 
 config_app = typer.Typer(
     name="config",
@@ -22,9 +23,9 @@ config_app = typer.Typer(
 
 
 def _text(value: Any) -> str:
-    # Lists (origins, allowed_hosts) as the comma-separated text `set` takes; a secret prints masked.
+    # Lists as the text `set` takes (config.joined); a secret prints masked.
     if isinstance(value, tuple | list):
-        return ",".join(str(item) for item in value)
+        return joined(value)
     return str(value)
 
 

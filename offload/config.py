@@ -549,7 +549,9 @@ def set_config_value(home: Path, key: str, raw: str) -> Any:
         del document[name]
     table[leaf] = stored
     _write_atomically(path, dumps_toml(document))
-    return value if isinstance(value, SecretStr) else stored  # a secret is shown masked, never echoed
+    if isinstance(value, SecretStr) or (isinstance(value, tuple) and any(isinstance(v, Path) for v in value)):
+        return value  # a secret is shown masked, never echoed; folders as Paths, which `joined` separates like PATH
+    return stored
 
 
 def _shown(value: Any) -> Any:
@@ -557,8 +559,9 @@ def _shown(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def _joined(values: tuple[Any, ...]) -> str:
-    # Folder lists are separated like PATH (a comma may be in a folder's name), other lists by commas.
+def joined(values: tuple[Any, ...] | list[Any]) -> str:
+    """A list setting as the text `offload config set` and the environment take: folders separated like PATH (a
+    comma may be in a folder's name), other lists by commas."""
     if values and all(isinstance(value, Path) for value in values):
         return os.pathsep.join(str(value) for value in values)
     return ",".join(str(value) for value in values)
@@ -592,7 +595,7 @@ def config_entries(settings: Settings, environ: Mapping[str, str], home: Path) -
         else:
             source = "default"
         value = getattr(settings, name)
-        entries.append((key, _joined(value) if isinstance(value, tuple) else _shown(value), source))
+        entries.append((key, joined(value) if isinstance(value, tuple) else _shown(value), source))
     return entries
 
 
