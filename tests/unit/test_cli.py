@@ -107,6 +107,14 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     return calls
 
 
+def test_serve_takes_model_paths(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_MODELS_PATH", "/from-env")
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    result = runner.invoke(app, ["serve", "--model-path", "/a", "--model-path", "/b"])  # replaces the environment's
+    assert result.exit_code == 0, result.output
+    assert [s.models_path for s in served] == [(Path("/from-env"),), (Path("/a"), Path("/b"))]
+
+
 @pytest.mark.parametrize(
     ("args", "env_host", "bind"),
     [
@@ -307,6 +315,21 @@ def test_cp(fake: FakeOllama) -> None:
     assert result.exit_code == 0, result.output
     assert fake.requests_to("/api/copy")[0].json() == {"source": "gemma3:270m", "destination": "mine"}
     assert result.stdout == "copied 'gemma3:270m' to 'mine'\n"
+
+
+def test_cp_waits_without_a_read_timeout(fake: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Adopting a model found on disk copies and hashes a whole GGUF on the server.
+    waits: list[bool] = []
+    real = ApiClient.request
+
+    def recording(self: ApiClient, method: str, path: str, body: Any = None, *, wait: bool = False) -> Any:
+        waits.append(wait)
+        return real(self, method, path, body, wait=wait)
+
+    monkeypatch.setattr(ApiClient, "request", recording)
+    fake.on("POST", "/api/copy", json=None)
+    assert invoke(fake, "cp", "llama3.2:3b", "mine").exit_code == 0
+    assert waits == [True]
 
 
 def test_stop_sends_keep_alive_zero(fake: FakeOllama) -> None:
