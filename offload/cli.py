@@ -455,7 +455,10 @@ def create(
     system: Annotated[str | None, typer.Option(help="System message, overriding the Modelfile's.")] = None,
     host: HostOption = None,
 ) -> None:
-    """Create a model from a Modelfile or a GGUF file (uploaded to the server, then registered)."""
+    """Create a model from a Modelfile or a GGUF file (uploaded to the server, then registered).
+
+    A Modelfile's ADAPTER lines name LoRA adapters in GGUF form (for the FROM model's architecture), uploaded
+    the same way and applied on top of the model."""
     if file is not None and from_file is not None:
         raise typer.BadParameter("give either --file or --from-file, not both")
     modelfile = file
@@ -463,18 +466,20 @@ def create(
         modelfile = Path("Modelfile")  # Ollama's default: a Modelfile in the current directory
         if not modelfile.is_file():
             raise typer.BadParameter("give a Modelfile with -f, or a GGUF file with --from-file")
-    from offload.cli_transfer import read_modelfile, show_statuses, upload
+    from offload.cli_transfer import LocalFiles, read_modelfile, show_statuses, upload, upload_adapters
 
     body: dict[str, Any] = {"model": name, "stream": True}
     with _api(host) as api:
-        gguf = from_file if modelfile is None else read_modelfile(modelfile, body)
+        files = LocalFiles(from_file) if modelfile is None else read_modelfile(modelfile, body)
         if template is not None:
             body["template"] = template
         if system is not None:
             body["system"] = system
         api.request("GET", "/api/version")  # fail fast when no server runs, before hashing gigabytes
-        if gguf is not None:
-            body["files"] = {gguf.name: upload(api, gguf, stderr_console())}
+        if files.model is not None:
+            body["files"] = {files.model.name: upload(api, files.model, stderr_console())}
+        if files.adapters:
+            body["adapters"] = upload_adapters(api, files.adapters, stderr_console())
         show_statuses(api.stream("/api/create", body), stderr_console())
 
 

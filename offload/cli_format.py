@@ -227,8 +227,17 @@ def _parameter_pairs(parameters: object) -> list[tuple[str, str]]:
     return pairs
 
 
+def _adapter_pairs(adapters: object) -> list[tuple[str, str]]:
+    """/api/show's `adapters` (offload's field: digest and size of each LoRA adapter, in the order they apply)."""
+    pairs = []
+    for adapter in adapters if isinstance(adapters, list) else []:
+        entry = _mapping(adapter)
+        pairs.append((f"LoRA {short_id(entry.get('digest'))}", human_bytes(_int(entry.get("size")))))
+    return pairs
+
+
 def show_summary(info: Mapping[str, Any], *, license_lines: int = 2) -> str:
-    """`offload show MODEL`: model facts, capabilities, parameters, system prompt and license head."""
+    """`offload show MODEL`: model facts, capabilities, LoRA adapters, parameters, system prompt and license head."""
     details = _mapping(info.get("details"))
     model_info = _mapping(info.get("model_info"))
     arch = str(model_info.get("general.architecture") or details.get("family") or "")
@@ -250,6 +259,7 @@ def show_summary(info: Mapping[str, Any], *, license_lines: int = 2) -> str:
     capabilities = info.get("capabilities")
     caps = [(str(c), "") for c in capabilities] if isinstance(capabilities, list) else []
     lines = [*_section("Model", facts), *_section("Capabilities", caps)]
+    lines += _section("Adapters", _adapter_pairs(info.get("adapters")))
     lines += _section("Parameters", _parameter_pairs(info.get("parameters")))
     template = str(info.get("template") or "").strip()
     if template:

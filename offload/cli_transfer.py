@@ -1,8 +1,9 @@
 """The client side of `offload create` and `offload pull`: Modelfiles, blob uploads, streamed statuses.
 
 Like Ollama's CLI, `create` does the file work on the client: it parses the Modelfile, hashes a GGUF that
-FROM names, uploads it only if the server lacks that blob (HEAD, then POST /api/blobs/<digest>), and
-sends /api/create a request that names blobs by digest. Failures raise ClientError with a printable message.
+FROM names and each LoRA adapter ADAPTER names, uploads each only if the server lacks that blob (HEAD, then
+POST /api/blobs/<digest>), and sends /api/create a request that names blobs by digest (`files`, `adapters`).
+Failures raise ClientError with a printable message.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Generator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,29 @@ def from_path(value: str, base: Path) -> Path | None:
     return None
 
 
-def read_modelfile(path: Path, body: dict[str, Any]) -> Path | None:
-    """Fill the /api/create `body` from the Modelfile at `path`; return the GGUF path if FROM names a file."""
+@dataclass(frozen=True, slots=True)
+class LocalFiles:
+    """The files a Modelfile names on this machine, to upload before /api/create."""
+
+    model: Path | None  # FROM names this GGUF (None: FROM names a model)
+    adapters: tuple[Path, ...] = ()  # ADAPTER lines, in order
+
+
+def adapter_path(value: str, base: Path) -> Path:
+    """An ADAPTER line always names a file (relative to `base`, the Modelfile's folder)."""
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    if not candidate.is_file():
+        what = "not a regular file" if candidate.exists() else "no such file"
+        raise ClientError(f"ADAPTER {value}: {what} ({candidate}); ADAPTER names a LoRA adapter in GGUF form")
+    return candidate
+
+
+
+
+def read_modelfile(path: Path, body: dict[str, Any]) -> LocalFiles:
+    """Fill the /api/create `body` from the Modelfile at `path`; return the local files it names."""
     from offload.errors import InvalidModelfile
     from offload.models.modelfile import parse_modelfile
 
@@ -67,8 +90,6 @@ def read_modelfile(path: Path, body: dict[str, Any]) -> Path | None:
         raise ClientError(f"{path}: not UTF-8 text") from exc
     except InvalidModelfile as exc:
         raise ClientError(f"{path}: {exc.message}") from exc
-    if parsed.adapters:
-        raise ClientError(f"{path}: ADAPTER is not supported yet")
     for key in ("template", "system", "license"):
         value = getattr(parsed, key)
         if value is not None:
@@ -77,10 +98,11 @@ def read_modelfile(path: Path, body: dict[str, Any]) -> Path | None:
         body["parameters"] = dict(parsed.parameters)
     if parsed.messages:
         body["messages"] = [{"role": role, "content": content} for role, content in parsed.messages]
-    gguf = from_path(parsed.from_, path.resolve().parent)
+    folder = path.resolve().parent
+    gguf = from_path(parsed.from_, folder)
     if gguf is None:
         body["from"] = parsed.from_
-    return gguf
+    return LocalFiles(gguf, tuple(adapter_path(value, folder) for value in parsed.adapters))
 
 
 def upload(api: ApiClient, path: Path, console: Console) -> str:
@@ -95,6 +117,16 @@ def upload(api: ApiClient, path: Path, console: Console) -> str:
             sending = bar.add_task(f"uploading {path.name}", total=size)
             api.upload_blob(path, digest, lambda n: bar.advance(sending, n))
     return digest
+
+
+def upload_adapters(api: ApiClient, paths: tuple[Path, ...], console: Console) -> dict[str, str]:
+    """Upload each adapter as `upload` does; the `adapters` field: {file name: digest}, in order. The names are
+    labels only (the server never reads paths), made unique where two files share one."""
+    adapters: dict[str, str] = {}
+    for index, path in enumerate(paths):
+        label = path.name if path.name not in adapters else f"{index}-{path.name}"
+        adapters[label] = upload(api, path, console)
+    return adapters
 
 
 def show_statuses(lines: Generator[dict[str, Any], None, None], console: Console) -> None:

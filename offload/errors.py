@@ -6,6 +6,7 @@
     │   ├── InvalidDigest             400 invalid_digest
     │   ├── InvalidModelfile          400 invalid_modelfile
     │   ├── InvalidGGUF               400 invalid_gguf
+    │   ├── InvalidAdapter            400 invalid_adapter
     │   ├── TemplateError             400 template_error
     │   ├── ContextLengthExceeded     400 context_length_exceeded
     │   ├── PlanRefused               400 plan_refused
@@ -77,6 +78,13 @@ class InvalidModelfile(BadRequest):
 
 class InvalidGGUF(BadRequest):
     code = "invalid_gguf"
+
+
+class InvalidAdapter(BadRequest):
+    """A LoRA adapter that llama.cpp would refuse for its base model: not a LoRA GGUF, another architecture, or
+    tensors the base lacks or whose shapes differ. Checked when the model is created, not when a runner loads it."""
+
+    code = "invalid_adapter"
 
 
 class TemplateError(BadRequest):

@@ -50,13 +50,14 @@ from offload.loaded import (
     running_model,
     wanted_context,
 )
-from offload.models.gguf import read_gguf
+from offload.models.gguf import GGUFFile, read_gguf
 from offload.models.store import FileIdentity, StoredModel, file_identity
 from offload.planner import (
     CPU,
     DEFAULT_HEADROOM,
     GPU_OVERHEAD,
     DeviceBudget,
+    ModelMemory,
     budgets_from,
     compare,
     gpu_total,
@@ -66,6 +67,7 @@ from offload.planner import (
 )
 from offload.planner import Plan as MemoryPlan
 from offload.planner import plan as plan_memory
+from offload.planner.lora import with_adapters
 from offload.runner.placement import is_gpu_device
 from offload.runner.process import RunnerProcess
 from offload.runner.protocol import LoadedInfo, LoadOptions
@@ -108,6 +110,11 @@ class _Target:
     ctx_forced: bool  # the request named it: the planner moves layers rather than shrink it
     plan: MemoryPlan | None  # the planner's layers and context ("auto" layers on a GPU backend); None otherwise
     need: Mapping[str, int]  # bytes per device; empty when the machine is unknown (only the model count limits)
+
+
+def _weights(model: StoredModel, gguf: GGUFFile) -> ModelMemory:
+    """The model's weights per layer from its tensor table, its LoRA adapters' included (blocking: reads them)."""
+    return with_adapters(model_memory(gguf), [read_gguf(adapter.path) for adapter in model.adapters])
 
 
 class Scheduler:
@@ -278,6 +285,8 @@ class Scheduler:
         return (
             not entry.draining
             and entry.model.model_digest == model.model_digest
+            # Re-created with other LoRA adapters under the same name: another model, so another runner.
+            and entry.model.adapters == model.adapters
             and entry.n_ctx >= n_ctx
             and not changed_gpu
             # Replaced, truncated or written to since it was verified: reload, which verifies it again.
@@ -416,7 +425,7 @@ class Scheduler:
             return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=memory_plan, need=need)
         layers = gpu_layers_for(primary.backend, num_gpu, self.settings.gpu_layers)
         usage = usage_of(
-            model_memory(read_gguf(model.model_path)),
+            _weights(model, read_gguf(model.model_path)),
             self._budgets(plan.machine, primary.backend),
             n_gpu=layers,
             n_ctx=n_ctx,
@@ -448,7 +457,7 @@ class Scheduler:
             forced = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
         gguf = read_gguf(model.model_path)
         return plan_memory(
-            model_memory(gguf),
+            _weights(model, gguf),
             budgets if budgets is not None else self._budgets(machine, candidate.backend),
             n_ctx=n_ctx,
             parallel=self.settings.num_parallel,
@@ -574,6 +583,7 @@ class Scheduler:
             backend=candidate.backend,
             tensor_split=split,
             batch_invariant=self.settings.batch_invariant,
+            lora_adapters=tuple((str(adapter.path), 1.0) for adapter in model.adapters),
         )
         runner = self._factory(options, model.name.display, candidate.library_path)
         info = await runner.start(self.settings.runner_start_timeout)

@@ -2,14 +2,16 @@
 
 Ollama's current form names the GGUF blob (`files`) or a base model (`from`) plus template/system/parameters;
 the legacy form sends a Modelfile (`modelfile`). Both end in a CreatePlan. Paths are never read on the
-server's behalf: a FROM that is a path is refused with one fixed message (no oracle of what exists there); the
-client uploads the file as a blob first. File names in `files` are labels only, never paths.
+server's behalf: a FROM (or ADAPTER) that is a path is refused with one fixed message (no oracle of what exists
+there); the client uploads the file as a blob first. File names in `files` and `adapters` are labels only, never
+paths. LoRA adapters come from `adapters` ({file name: digest}), Modelfile ADAPTER lines naming a digest, and the
+base model when FROM names one (its adapters come first); the store checks each against the GGUF.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio.to_thread
@@ -34,6 +36,7 @@ class CreatePlan:
     parameters: dict[str, Any] = field(default_factory=dict)
     license: str | None = None
     statuses: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()  # digests of LoRA adapter blobs, applied in this order
 
 
 def looks_like_path(text: str) -> bool:
@@ -68,10 +71,7 @@ async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
     name = str(parse_name(wire.target))
     if wire.quantize:
         raise BadRequest('invalid value for "quantize": quantizing is not supported', param="quantize")
-    if wire.adapters:
-        raise BadRequest(
-            'invalid value for "adapters": LoRA adapters are not supported yet', param="adapters"
-        )
+    adapters = await _adapter_digests(state, wire.adapters or {})
     if wire.messages:
         raise BadRequest(
             'invalid value for "messages": stored messages are not supported yet', param="messages"
@@ -89,7 +89,7 @@ async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
             )
         digest = validate_digest(ggufs[0][1])
         await _require_blob(state, digest)
-        return CreatePlan(
+        plan = CreatePlan(
             name,
             digest,
             wire.template,
@@ -98,20 +98,21 @@ async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
             license_text,
             (f"using existing layer {digest}",),
         )
+        return _with_adapters(plan, adapters)
 
     if wire.from_:
-        return await _from_source(
+        plan = await _from_source(
             state, name, wire.from_, wire.template, wire.system, parameters, license_text, ()
         )
+        return _with_adapters(plan, adapters)
 
     if wire.modelfile:
         modelfile = parse_modelfile(wire.modelfile)
-        if modelfile.adapters:
-            raise BadRequest("ADAPTER is not supported yet", param="modelfile")
         if modelfile.messages:
             raise BadRequest("MESSAGE is not supported yet", param="modelfile")
         merged = {**validated_parameters(modelfile.parameters, "modelfile.PARAMETER "), **parameters}
-        return await _from_source(
+        named = [await _modelfile_adapter(state, text) for text in modelfile.adapters]
+        plan = await _from_source(
             state,
             name,
             modelfile.from_,
@@ -121,12 +122,53 @@ async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
             license_text or modelfile.license,
             ("parsing modelfile",),
         )
+        return _with_adapters(plan, (*named, *adapters))
     raise BadRequest('one of "files", "from" or "modelfile" is required', param="from")
 
 
-async def _require_blob(state: AppState, digest: str) -> None:
+async def _require_blob(state: AppState, digest: str, param: str | None = None) -> None:
     if not await anyio.to_thread.run_sync(state.store.has_blob, digest):
-        raise BlobNotFound(f"blob {digest} not found: upload it with POST /api/blobs/{digest} first")
+        raise BlobNotFound(f"blob {digest} not found: upload it with POST /api/blobs/{digest} first", param=param)
+
+
+async def _adapter_digests(state: AppState, adapters: Mapping[str, str]) -> tuple[str, ...]:
+    """The digests of `adapters` ({file name: digest}, as Ollama's CLI sends them), each blob uploaded already.
+    Only GGUF adapters: Ollama would convert a safetensors one, offload does not. A name is only a label (the store
+    reads every blob as a GGUF), so only what is plainly another format is refused by its name."""
+    digests = []
+    for file, digest in adapters.items():
+        if file.lower().endswith((".safetensors", ".json", ".bin")):
+            raise BadRequest(
+                f'invalid value for "adapters": {file!r} is not a GGUF file (safetensors adapters are not '
+                "supported: convert one with llama.cpp's convert_lora_to_gguf.py)",
+                param="adapters",
+            )
+        checked = validate_digest(digest)
+        await _require_blob(state, checked, "adapters")
+        digests.append(checked)
+    return tuple(digests)
+
+
+async def _modelfile_adapter(state: AppState, text: str) -> str:
+    """An ADAPTER line of a Modelfile sent to the server: it must name an uploaded blob, never a path."""
+    if not text.lower().startswith(_DIGEST_PREFIXES):
+        # The same fixed answer as for a FROM path: the server never looks at what a client names.
+        raise BadRequest(
+            "ADAPTER names a file path: the server never reads paths; upload the file with /api/blobs first and "
+            "use ADAPTER @sha256:<digest>, or send it in \"adapters\" (offload create does this for you)",
+            param="modelfile",
+        )
+    digest = validate_digest(text.lstrip("@"))
+    await _require_blob(state, digest, "modelfile")
+    return digest
+
+
+def _with_adapters(plan: CreatePlan, adapters: tuple[str, ...]) -> CreatePlan:
+    """`plan` with `adapters` after the ones it has (a base model's), each reported as Ollama reports a layer."""
+    if not adapters:
+        return plan
+    statuses = (*plan.statuses, *(f"using existing layer {digest}" for digest in adapters))
+    return replace(plan, adapters=(*plan.adapters, *adapters), statuses=statuses)
 
 
 async def _from_source(
@@ -169,4 +211,5 @@ async def _from_source(
         {**base.parameters, **parameters},
         license_text if license_text is not None else base.license,
         (*statuses, f"using existing layer {base.model_digest}"),
+        tuple(adapter.digest for adapter in base.adapters),
     )

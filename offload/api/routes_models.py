@@ -207,9 +207,11 @@ async def create(request: Request) -> Response:
             system=plan.system,
             parameters=plan.parameters,
             license=plan.license,
+            adapters=plan.adapters,
         )
     )
-    log.info("created %s from %s", stored.name, plan.model_digest)
+    log.info("created %s from %s%s", stored.name, plan.model_digest,
+             "".join(f" + adapter {digest}" for digest in plan.adapters))
     statuses += ["writing manifest", "success"]
     if wire.stream is False:
         return JSONResponse({"status": "success"})

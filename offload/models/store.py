@@ -46,6 +46,7 @@ from offload.errors import (
     BadRequest,
     BlobNotFound,
     CorruptBlob,
+    InvalidAdapter,
     InvalidDigest,
     InvalidGGUF,
     InvalidName,
@@ -54,6 +55,7 @@ from offload.errors import (
     StoreError,
 )
 from offload.models import gguf
+from offload.models.adapters import check_adapter
 from offload.models.names import ModelName, parse_name, validate_digest
 from offload.models.partial import PartialBlob, write_failed
 from offload.models.split_links import first_part, remove_dangling
@@ -91,6 +93,15 @@ def file_identity(path: Path) -> FileIdentity | None:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredAdapter:
+    """A LoRA adapter layer of a model (checked against the model's GGUF when the model was created)."""
+
+    digest: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredModel:
     name: ModelName
     digest: str  # "sha256:<hex>" of the manifest bytes (Ollama's /api/tags digest, without the prefix)
@@ -103,6 +114,7 @@ class StoredModel:
     parameters: dict[str, Any]
     license: str | None
     split_parts: tuple[str, ...] = ()  # digests of parts 2..N of a split GGUF (model_path links part 1)
+    adapters: tuple[StoredAdapter, ...] = ()  # applied on top of the GGUF, in this order
 
 
 class Store:
@@ -208,16 +220,17 @@ class Store:
                 raise write_failed("storing a download", exc) from exc
 
     def verify(self, model: StoredModel) -> None:
-        """Check that the GGUF of `model` still hashes to its digest (blocking: reads the file unless it is unchanged
-        since it was last hashed or written here). Raises CorruptBlob, after removing a blob that does not match."""
-        for digest in (model.model_digest, *model.split_parts):
+        """Check that the GGUF of `model` and its adapters still hash to their digests (blocking: reads each file
+        unless it is unchanged since it was last hashed or written here). Raises CorruptBlob, after removing a blob
+        that does not match."""
+        parts = [model.model_digest, *model.split_parts]
+        files = [("model file", digest) for digest in parts] + [("LoRA adapter", a.digest) for a in model.adapters]
+        for what, digest in files:
             if not self.blob_path(digest).is_file():
-                raise CorruptBlob(
-                    f"the model file of {model.name.display} is missing ({digest}); pull or import it again"
-                )
+                raise CorruptBlob(f"the {what} of {model.name.display} is missing ({digest}); pull or import it again")
             if not self._intact(digest):
                 raise CorruptBlob(
-                    f"the model file of {model.name.display} no longer matches its sha256 digest {digest} (it was "
+                    f"the {what} of {model.name.display} no longer matches its sha256 digest {digest} (it was "
                     "changed on disk) and was removed; pull or import the model again"
                 )
 
@@ -356,13 +369,16 @@ class Store:
         system: str | None = None,
         parameters: dict[str, Any] | None = None,
         license: str | None = None,
+        adapters: Sequence[str] = (),
         split_parts: Sequence[str] = (),
     ) -> StoredModel:
         """Write model `name` from a GGUF blob already in the store (it must pass read_gguf, else it is
         removed unless a manifest uses it), plus text layers and the manifest. Replaces an existing model of
         that name atomically. A model split by gguf-split is `model_digest` (its first part) and `split_parts`,
-        the digests of the other parts in order (InvalidGGUF unless they are that model's parts).
-       """
+        the digests of the other parts in order (InvalidGGUF unless they are that model's parts). `adapters` are
+        digests of LoRA adapter blobs, applied in that order: each must be one llama.cpp will load onto this GGUF
+        (InvalidAdapter, the blob removed unless a manifest uses it).
+        """
         parsed = self._name(name)
         digest = validate_digest(model_digest)
         with self._lock(exclusive=False):
@@ -371,7 +387,10 @@ class Store:
                 raise BlobNotFound(f"blob {digest} not found", param="model_digest")
             info = self._read_model_blob(digest, blob)
             info, split = self._split_parts(info, split_parts)
-            return self._write_model(parsed, digest, blob, info, template, system, parameters, license, split=split)
+            checked = [self._read_adapter_blob(validate_digest(a), info) for a in adapters]
+            return self._write_model(
+                parsed, digest, blob, info, template, system, parameters, license, checked, split=split
+            )
 
     def copy(self, source: str | ModelName, destination: str | ModelName) -> StoredModel:
         src, dst = self._name(source), self._name(destination)
@@ -418,6 +437,24 @@ class Store:
                 blob.unlink(missing_ok=True)
             raise
 
+    def _read_adapter_blob(self, digest: str, base: gguf.GGUFFile) -> StoredAdapter:
+        """The adapter blob `digest`, checked against `base` (see _read_model_blob for why a bad one is removed).
+        Raises BlobNotFound or InvalidAdapter."""
+        blob = self.blob_path(digest)
+        if not blob.is_file():
+            raise BlobNotFound(f"adapter blob {digest} not found", param="adapters")
+        try:
+            try:
+                info = gguf.read_gguf(blob)
+            except InvalidGGUF as exc:
+                raise InvalidAdapter(f"adapter {digest} is not a valid GGUF: {exc.message}", param="adapters") from exc
+            check_adapter(info, base, label=f"adapter {digest}")
+        except InvalidAdapter:
+            if digest not in self._referenced_digests():
+                blob.unlink(missing_ok=True)
+            raise
+        return StoredAdapter(digest, blob, blob.stat().st_size)
+
     def _split_parts(
         self, first: gguf.GGUFFile, digests: Sequence[str]
     ) -> tuple[gguf.GGUFFile, tuple[tuple[str, int], ...]]:
@@ -442,11 +479,14 @@ class Store:
         system: str | None,
         parameters: dict[str, Any] | None,
         license: str | None,
+        adapters: Sequence[StoredAdapter] = (),
         *,
         split: Sequence[tuple[str, int]] = (),
     ) -> StoredModel:
         layers = [_layer(MODEL_MEDIA_TYPE, model_digest, blob.stat().st_size)]
         layers += [_layer(MODEL_MEDIA_TYPE, digest, size) for digest, size in split]
+        # As Ollama orders them: the model, its adapters, then the text layers.
+        layers += [_layer(ADAPTER_MEDIA_TYPE, adapter.digest, adapter.size) for adapter in adapters]
         texts = [(TEMPLATE_MEDIA_TYPE, template), (SYSTEM_MEDIA_TYPE, system), (LICENSE_MEDIA_TYPE, license)]
         if parameters:
             try:
@@ -513,6 +553,15 @@ class Store:
             parts = [self._read_text(name, d) for m, d, _ in layers if m == media_type]
             return "\n".join(parts) if parts else None
 
+        adapters: list[StoredAdapter] = []
+        for media_type, digest, size in layers:
+            if media_type == ADAPTER_MEDIA_TYPE:
+                adapter_path = self.blob_path(digest)
+                if not adapter_path.is_file():
+                    raise CorruptBlob(
+                        f"the LoRA adapter of {name.display} is missing ({digest}); pull or import it again"
+                    )
+                adapters.append(StoredAdapter(digest, adapter_path, size))
         params_text = text(PARAMS_MEDIA_TYPE)
         parameters: dict[str, Any] = {}
         if params_text is not None:
@@ -534,6 +583,7 @@ class Store:
             parameters=parameters,
             license=text(LICENSE_MEDIA_TYPE),
             split_parts=tuple(digest for _, digest, _ in models[1:]),
+            adapters=tuple(adapters),
         )
 
     def _read_text(self, name: ModelName, digest: str) -> str:

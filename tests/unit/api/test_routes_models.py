@@ -162,7 +162,7 @@ def test_create_from_legacy_modelfile(client: TestClient, store: Store, stored: 
         ({"name": "x", "modelfile": "FROM /abs/model.gguf\n"}, 400, "/api/blobs"),
         ({"name": "x", "modelfile": "PARAMETER temperature 1\n"}, 400, ""),
         ({"model": "x", "from": "tiny", "quantize": "q4_K_M"}, 400, "quantiz"),
-        ({"model": "x", "from": "tiny", "adapters": {"a": "sha256:" + "1" * 64}}, 400, "adapter"),
+        ({"model": "x", "from": "tiny", "adapters": {"a": "sha256:" + "1" * 64}}, 404, "/api/blobs"),
         ({"model": "x", "from": "tiny", "parameters": {"bogus": 1}}, 400, "bogus"),
         ({"model": "x", "from": "tiny", "parameters": {"temperature": "hot"}}, 400, "temperature"),
         ({"model": "x", "files": {"a.gguf": "sha256:" + "1" * 64}}, 404, "/api/blobs"),
