@@ -53,7 +53,8 @@ async def _details(state: AppState, model: StoredModel) -> dict[str, Any]:
 async def tags(request: Request) -> Response:
     """The store's models, then the usable models found on disk (each with `offload.source` and `offload.path`).
     Beside Ollama's `models`, `offload.unusable` lists the found models that cannot serve (broken, or shadowed by
-    a model of the same name), with the reason; Ollama clients ignore it and never see a model they cannot use."""
+    a model of the same name), with the reason, and `offload.scan_stopped` why a search stopped early; `offload` is
+    there only when one of them has something to say. Ollama clients never see a model they cannot use."""
     state = get_state(request)
     models = await anyio.to_thread.run_sync(state.store.list)
     entries = [ollama.tag_entry(model, await _details(state, model)) for model in models]
@@ -70,6 +71,8 @@ async def tags(request: Request) -> Response:
         winner = SOURCE_LABELS[found.shadowed_by or SOURCE_STORE]
         reason = found.problem or f"shadowed by the model of the same name in {winner}"
         unusable.append({"name": found.label, "source": found.source, "path": str(found.path), "reason": reason})
+    if not unusable and scan.stopped is None:
+        return JSONResponse({"models": entries})  # Ollama's exact shape when there is nothing more to say
     return JSONResponse({"models": entries, "offload": {"unusable": unusable, "scan_stopped": scan.stopped}})
 
 

@@ -64,6 +64,8 @@ class ServerProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "server.log"
         env = {**os.environ, "OFFLOAD_HOME": str(home), "OFFLOAD_HOST": f"127.0.0.1:{self.port}"}
+        # This machine's own Ollama store, Hugging Face cache or model folders must not change what tests see.
+        env.update({"OFFLOAD_DISCOVER": "none", "OFFLOAD_MODELS_PATH": ""})
         env.update(extra_env or {})
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

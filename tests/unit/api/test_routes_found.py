@@ -145,6 +145,14 @@ def test_verify_before_a_load_rechecks_a_found_file(store: Store, roots: Discove
         catalog.verify(store, discovery, found)
 
 
+def test_tags_keep_ollamas_shape_when_nothing_found_is_unusable(
+    settings: Settings, store: Store, scheduler: FakeScheduler, tmp_path: Path
+) -> None:
+    app = create_app(settings, store, scheduler, Discovery(DiscoveryRoots(model_paths=(tmp_path / "none",))))
+    with TestClient(app) as client:
+        assert client.get("/api/tags").json() == {"models": []}
+
+
 def test_without_discovery_only_the_store_answers(client: TestClient) -> None:
     body = client.get("/api/tags").json()
     assert "offload" not in body
