@@ -5,10 +5,8 @@ The store is synchronous (file I/O, hashing); every call into it runs in a worke
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
@@ -20,25 +18,20 @@ from fastapi.responses import JSONResponse
 
 from offload.api import ollama
 from offload.api.deps import AppState, get_state, parse_body
-from offload.api.errors import internal_error, ollama_body, public
 from offload.api.models_create import CreatePlan, plan_create
+from offload.api.pull import NDJSON, pull_response
 from offload.api.streaming import ndjson, streaming_response
 from offload.api.wire import ModelRef, OllamaCopy, OllamaCreate, OllamaPull, OllamaShow
 from offload.errors import BadRequest, OffloadError
-from offload.models import starter
 from offload.models.catalog import adopt, as_stored, found_of, lookup, source_label
 from offload.models.found import SOURCE_LABELS, SOURCE_STORE
 from offload.models.gguf import GGUFFile, describe
-from offload.models.names import parse_name, validate_digest
+from offload.models.names import validate_digest
 from offload.models.store import StoredModel
 from offload.models.templates import check_template, select_template
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-
-NDJSON = "application/x-ndjson"
-# A pull of a few hundred MB reports progress per chunk; clients need a few updates a second, not thousands.
-_PROGRESS_INTERVAL = 0.1
 
 
 async def _details(state: AppState, model: StoredModel) -> dict[str, Any]:
@@ -233,70 +226,5 @@ async def push(request: Request) -> Response:
 
 @router.post("/api/pull")
 async def pull(request: Request) -> Response:
-    state = get_state(request)
-    wire = await parse_body(request, OllamaPull)
-    if not wire.target:
-        raise BadRequest("model is required", param="model")
-    name = parse_name(wire.target)
-    if str(name) != starter.STARTER_NAME:
-        raise BadRequest(
-            f'cannot pull "{name}": pulling from registries is not supported yet; only the starter model '
-            f"{starter.STARTER_NAME} can be pulled. Import a GGUF with /api/blobs and /api/create instead.",
-            param="model",
-        )
-    if not starter.starter_available():
-        # Raises StarterUnavailable (with the install hint) unless the model is already in the store.
-        await anyio.to_thread.run_sync(starter.ensure_starter, state.store)
-    if wire.stream is False:
-        await anyio.to_thread.run_sync(starter.ensure_starter, state.store)
-        return JSONResponse({"status": "success"})
-    return streaming_response(_pull_stream(state), NDJSON)
-
-
-async def _pull_stream(state: AppState) -> AsyncIterator[bytes]:
-    """Ollama's pull statuses around `ensure_starter`, whose byte progress arrives from a worker thread."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-    digest = "sha256:" + starter.STARTER_SHA256
-    label = f"pulling {starter.STARTER_SHA256[:12]}"
-    last = 0.0
-
-    def progress(completed: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if completed < total and now - last < _PROGRESS_INTERVAL:
-            return
-        last = now
-        line = ollama.status_line(label, digest=digest, total=total, completed=completed)
-        loop.call_soon_threadsafe(queue.put_nowait, line)
-
-    yield ndjson(ollama.status_line("pulling manifest"))
-    # Runs to completion even if the client leaves: a half-pulled model would only be pulled again.
-    task = asyncio.ensure_future(asyncio.to_thread(starter.ensure_starter, state.store, progress))
-    task.add_done_callback(_finish(queue))
-    reported = False
-    while (line := await queue.get()) is not None:
-        reported = True
-        yield ndjson(line)
-    try:
-        stored = task.result()
-    except OffloadError as exc:
-        yield ndjson(ollama_body(public(exc)))
-        return
-    except Exception:
-        log.exception("pulling %s failed", starter.STARTER_NAME)
-        yield ndjson({"error": internal_error().message})
-        return
-    if not reported:
-        yield ndjson(ollama.status_line(label, digest=digest, total=stored.size, completed=stored.size))
-    for status in ("verifying sha256 digest", "writing manifest", "success"):
-        yield ndjson(ollama.status_line(status))
-
-
-def _finish(queue: asyncio.Queue[dict[str, Any] | None]) -> Callable[[asyncio.Future[StoredModel]], None]:
-    def done(task: asyncio.Future[StoredModel]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("starter import failed: %s", task.exception())
-        queue.put_nowait(None)
-
-    return done
+    """The starter model, or a GGUF model from Hugging Face: offload/api/pull.py."""
+    return await pull_response(get_state(request), await parse_body(request, OllamaPull))
