@@ -415,8 +415,27 @@ def cp(
 
 
 @app.command()
-def pull(model: Annotated[str, typer.Argument(help="Model name.")], host: HostOption = None) -> None:
-    """Fetch a model into the store."""
+def pull(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="hf.co/ORG/REPO[:QUANT], huggingface.co/ORG/REPO[:QUANT] or ORG/REPO[:QUANT] (a Hugging Face "
+            "repository of GGUF files), or the starter model gemma3:270m.",
+            show_default=False,
+        ),
+    ],
+    host: HostOption = None,
+) -> None:
+    """Pull a model into the server's store, with a progress bar (speed, time left).
+
+    QUANT picks the file (Q8_0, case-insensitive); without it: Q4_K_M, else the largest that fits in memory.
+
+    The server downloads, with its HF_ENDPOINT, HF_TOKEN (gated, private repositories) and HF cache.
+
+    Split GGUFs come whole; an interrupted pull resumes; each file is checked against the hub's sha256.
+
+    The model keeps the name you gave it: offload run hf.co/ORG/REPO:QUANT.
+    """
     from offload.cli_transfer import show_statuses
 
     with _api(host) as api:

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from offload.client import ApiClient, ClientError
 
@@ -25,7 +33,13 @@ MODELFILE_LIMIT = 1 << 20  # parse_modelfile refuses more; read no further than 
 
 
 def _bar(console: Console) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     return Progress(*columns, console=console)
 
 
@@ -139,10 +153,12 @@ def show_statuses(lines: Generator[dict[str, Any], None, None], console: Console
             total = obj.get("total")
             if isinstance(total, int) and total > 0:
                 key = str(obj.get("digest") or status)
-                if key not in tasks:
-                    tasks[key] = bar.add_task(status, total=total)
                 completed = obj.get("completed")
-                bar.update(tasks[key], completed=completed if isinstance(completed, int) else 0)
+                done = completed if isinstance(completed, int) else 0
+                if key not in tasks:
+                    # Starts where a resumed pull is, so the speed and time left count only what moves now.
+                    tasks[key] = bar.add_task(status, total=total, completed=done)
+                bar.update(tasks[key], completed=done)
             elif status and status != last:
                 bar.console.print(status, markup=False, highlight=False)
             last = status
