@@ -25,6 +25,8 @@ from offload.models.names import parse_name, validate_digest
 from offload.models.store import StoredModel
 
 _DIGEST_PREFIXES = ("sha256:", "sha256-", "@sha256:", "@sha256-")
+# Each adapter is a GGUF read at create time and a llama.cpp load at every model load; real models use one.
+MAX_ADAPTERS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
     name = str(parse_name(wire.target))
     if wire.quantize:
         raise BadRequest('invalid value for "quantize": quantizing is not supported', param="quantize")
+    _check_count(len(wire.adapters or {}), "adapters")
     adapters = await _adapter_digests(state, wire.adapters or {})
     if wire.messages:
         raise BadRequest(
@@ -111,6 +114,7 @@ async def plan_create(state: AppState, wire: OllamaCreate) -> CreatePlan:
         if modelfile.messages:
             raise BadRequest("MESSAGE is not supported yet", param="modelfile")
         merged = {**validated_parameters(modelfile.parameters, "modelfile.PARAMETER "), **parameters}
+        _check_count(len(modelfile.adapters), "modelfile")
         named = [await _modelfile_adapter(state, text) for text in modelfile.adapters]
         plan = await _from_source(
             state,
@@ -163,10 +167,16 @@ async def _modelfile_adapter(state: AppState, text: str) -> str:
     return digest
 
 
+def _check_count(count: int, param: str) -> None:
+    if count > MAX_ADAPTERS:
+        raise BadRequest(f"a model may have at most {MAX_ADAPTERS} LoRA adapters, got {count}", param=param)
+
+
 def _with_adapters(plan: CreatePlan, adapters: tuple[str, ...]) -> CreatePlan:
     """`plan` with `adapters` after the ones it has (a base model's), each reported as Ollama reports a layer."""
     if not adapters:
         return plan
+    _check_count(len(plan.adapters) + len(adapters), "adapters")
     statuses = (*plan.statuses, *(f"using existing layer {digest}" for digest in adapters))
     return replace(plan, adapters=(*plan.adapters, *adapters), statuses=statuses)
 

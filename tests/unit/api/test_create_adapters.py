@@ -108,6 +108,8 @@ def test_an_adapter_llama_cpp_would_refuse_is_a_400_with_the_reason(
         ({"modelfile": "FROM tiny\nADAPTER ./lora.gguf\n"}, 400, "ADAPTER names a file path"),
         ({"modelfile": "FROM tiny\nADAPTER /etc/passwd\n"}, 400, "ADAPTER names a file path"),
         ({"modelfile": f"FROM tiny\nADAPTER @sha256:{'3' * 64}\n"}, 404, "/api/blobs"),
+        ({"adapters": {f"{i}.gguf": "sha256:" + "2" * 64 for i in range(17)}}, 400, "at most 16 LoRA adapters"),
+        ({"modelfile": "FROM tiny\n" + ("ADAPTER @sha256:" + "3" * 64 + "\n") * 17}, 400, "at most 16"),
     ],
 )
 def test_adapter_refusals(client: TestClient, store: Store, body: dict[str, Any], status: int, text: str) -> None:
