@@ -16,6 +16,7 @@ before the blob exists. The authorization header goes to the endpoint's own orig
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from offload.models.hf_select import HubFile
 from offload.models.partial import PartialBlob
 
 METADATA_TIMEOUT = 30.0  # seconds for one listing or HEAD; downloads have huggingface_hub's own read timeout
+# A listed sha256 becomes a blob's name and a path in the HF cache: nothing but 64 lowercase hex digits will do.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,9 @@ def fetch_repo(hub: HubConfig, repo_id: str) -> Repo:
     )
     if not info.sha:
         raise HubError(f"{hub.endpoint} listed {repo_id} without its commit")
+    bad = [file.path for file in files if file.sha256 is not None and not _SHA256.fullmatch(file.sha256)]
+    if bad:
+        raise HubError(f"{hub.endpoint} listed {bad[0]} of {repo_id} with a malformed sha256")
     return Repo(info.id, info.sha, files)
 
 

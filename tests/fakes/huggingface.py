@@ -50,6 +50,7 @@ class FakeFile:
     path: str
     data: bytes  # what the hub lists (size, sha256)
     served: bytes  # what it sends: `data`, unless corrupted
+    listed_sha256: str | None = None  # what model_info lists instead of the real sha256 (a broken hub)
 
     @property
     def lfs(self) -> bool:
@@ -190,7 +191,8 @@ class FakeHub:
             if blobs:
                 entry.update(size=len(file.data), blobId=file.etag)
                 if file.lfs:
-                    entry["lfs"] = {"sha256": file.sha256, "size": len(file.data), "pointerSize": 134}
+                    listed = file.listed_sha256 or file.sha256
+                    entry["lfs"] = {"sha256": listed, "size": len(file.data), "pointerSize": 134}
             siblings.append(entry)
         body = {
             "_id": repo.commit[:24],

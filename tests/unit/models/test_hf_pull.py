@@ -264,3 +264,9 @@ def test_a_pulled_file_that_is_no_gguf_is_refused(fake: FakeHub, store: Store, t
         pull(config(fake, tmp_path), store, "hf.co/org/Fake-GGUF")
     assert raised.value.__class__.__name__ == "InvalidGGUF"
     assert not store.exists("hf.co/org/fake-gguf")
+
+
+def test_a_malformed_sha256_from_the_hub_is_refused(fake: FakeHub, store: Store, tmp_path: Path) -> None:
+    fake.add_repo("org/Odd-GGUF", {"Model-Q4_K_M.gguf": b"GGUF"}).files["Model-Q4_K_M.gguf"].listed_sha256 = "../x"
+    with pytest.raises(HubError, match="with a malformed sha256"):
+        pull(config(fake, tmp_path), store, "hf.co/org/Odd-GGUF")
