@@ -163,13 +163,15 @@ def _until(expires_at: object, now: datetime) -> str:
 
 
 def ps_table(models: Sequence[Mapping[str, Any]], now: datetime) -> str:
-    """`offload ps`: Ollama's columns, then offload's placement (backend, GPU layers of total)."""
+    """`offload ps`: Ollama's columns, then offload's placement (backend, GPU layers of total, sequence slots)."""
     rows = []
     for m in models:
         size, vram = _int(m.get("size")), _int(m.get("size_vram"))
         placement = m.get("offload")
-        backend, layers = "-", "-"
+        backend, layers, parallel = "-", "-", "-"
         if isinstance(placement, Mapping):
+            if isinstance(placement.get("parallel"), int):
+                parallel = str(placement["parallel"])
             backend = str(placement.get("backend") or "-")
             total = placement.get("layers_total")
             if isinstance(total, int):
@@ -187,9 +189,11 @@ def ps_table(models: Sequence[Mapping[str, Any]], now: datetime) -> str:
                 _until(m.get("expires_at"), now),
                 backend,
                 layers,
+                parallel,
             ]
         )
-    text = table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "BACKEND", "GPU LAYERS"], rows)
+    headers = ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "BACKEND", "GPU LAYERS", "PARALLEL"]
+    text = table(headers, rows)
     return "\n".join([text, *_placement_notes(models)])
 
 

@@ -1,4 +1,4 @@
-"""`offload plan MODEL [--ctx N] [--parallel N] [--json]`: what the memory planner would do, without loading.
+"""`offload plan MODEL [--ctx N] [--parallel auto|N] [--json]`: what the memory planner would do, without loading.
 
 It reads the model's GGUF tensor table from the store and the hardware snapshot (NVML, sysfs, ...; no backend is
 loaded), then prints the plan: layers and expected bytes (weights, KV, compute) per device, the context and the
@@ -15,7 +15,7 @@ import typer
 
 from offload.cli_common import fail
 from offload.errors import OffloadError
-from offload.planner import DeviceBudget, Plan, PlanRefused, budgets_from, model_memory
+from offload.planner import DeviceBudget, Plan, PlanRefused, auto_parallel, budgets_from, model_memory
 from offload.planner import plan as make_plan
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def plan_for(
     snapshot: HardwareSnapshot,
     *,
     ctx: int | None,
-    parallel: int,
+    parallel: int | None,
     default_ctx: int,
     backend: str = "auto",
     gpu_layers: str = "auto",
@@ -60,19 +60,28 @@ def plan_for(
     """Pure: the plan for `gguf` on `snapshot`. A given `ctx` is forced (never shrunk); without one the
     server's default context may shrink down to DEFAULT_NUM_CTX_MIN. `gpu_layers` is the setting ("auto",
     "-1" or a count); `n_ubatch` the runner's micro-batch (it uses num_batch); `gpu_limit` caps each GPU
-    (OFFLOAD_GPU_MEMORY_LIMIT). Raises PlanRefused or InvalidGGUF."""
+    (OFFLOAD_GPU_MEMORY_LIMIT); `parallel` the slots, None for the server's "auto" rule (planner.auto_parallel).
+    Raises PlanRefused or InvalidGGUF."""
     num_gpu = None if gpu_layers == "auto" else int(gpu_layers)
     n_ctx = ctx if ctx is not None else default_ctx
-    return make_plan(
-        model_memory(gguf),
-        budgets_for(snapshot, backend, gpu_limit),
-        n_ctx=n_ctx,
-        parallel=parallel,
-        num_gpu=num_gpu,
-        num_ctx_min=n_ctx if ctx is not None else min(DEFAULT_NUM_CTX_MIN, n_ctx),
-        num_ctx_max=gguf.context_length,
-        n_ubatch=n_ubatch,
-    )
+    memory = model_memory(gguf)
+    budgets = budgets_for(snapshot, backend, gpu_limit)
+
+    def plan_with(slots: int) -> Plan:
+        return make_plan(
+            memory,
+            budgets,
+            n_ctx=n_ctx,
+            parallel=slots,
+            num_gpu=num_gpu,
+            num_ctx_min=n_ctx if ctx is not None else min(DEFAULT_NUM_CTX_MIN, n_ctx),
+            num_ctx_max=gguf.context_length,
+            n_ubatch=n_ubatch,
+        )
+
+    if parallel is not None:
+        return plan_with(parallel)
+    return auto_parallel(plan_with, min(n_ctx, gguf.context_length) if gguf.context_length else n_ctx)
 
 
 def render(model: str, p: Plan) -> str:
@@ -120,18 +129,31 @@ def machine() -> HardwareSnapshot:
 def plan(
     model: Annotated[str, typer.Argument(help="Model name.")],
     ctx: Annotated[int | None, typer.Option("--ctx", min=256, help="Context length (forced: never shrunk).")] = None,
-    parallel: Annotated[int, typer.Option("--parallel", min=1, help="Sequences served at once.")] = 1,
+    parallel: Annotated[
+        str | None,
+        typer.Option(
+            "--parallel",
+            help='Sequences served at once: "auto" or 1 to 256.',
+            show_default="the num_parallel setting",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Show where the layers of MODEL would go and how much memory each device would need, without loading it."""
+    from offload.config import parse_parallel
+
     settings = _settings()
+    try:
+        slots = settings.num_parallel if parallel is None else parse_parallel(parallel)
+    except ValueError as exc:
+        fail(str(exc), 2)
     try:
         gguf = read_model(settings, model)
         result = plan_for(
             gguf,
             machine(),
             ctx=ctx,
-            parallel=parallel,
+            parallel=None if slots == "auto" else slots,
             default_ctx=settings.num_ctx,
             backend=settings.backend,
             gpu_layers=settings.gpu_layers,

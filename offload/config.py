@@ -18,7 +18,7 @@ import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -34,6 +34,7 @@ DEFAULT_PORT = 11434
 BACKENDS = ("auto", "cuda", "rocm", "vulkan", "metal", "cpu")
 DISCOVERABLE = ("ollama", "huggingface", "lmstudio")  # offload/models/found.py names the same sources
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
 # A key travels in an HTTP header: printable ASCII without spaces, so every client sends it unchanged.
 _KEY_CHARS = frozenset(chr(code) for code in range(0x21, 0x7F))
 
@@ -88,12 +89,12 @@ class Settings(BaseSettings):
         description="Prompt tokens evaluated per llama_decode call.",
         json_schema_extra=_key("llm.num_batch"),
     )
-    num_parallel: int = Field(
-        1,
-        ge=1,
-        le=256,
-        description="Sequence slots per loaded model: the KV cache holds num_ctx tokens for each, so memory grows "
-        "with it. Requests beyond the slots wait in the model's queue.",
+    num_parallel: int | Literal["auto"] = Field(
+        "auto",
+        description="Sequence slots per loaded model (requests decoded together): auto or 1 to 256. The KV cache "
+        "holds num_ctx tokens for each slot, so memory grows with it. auto: 4 slots when that keeps every GPU layer "
+        "and the context of one slot, else 2, else 1; on the CPU, 4 when they fit in memory. Requests beyond the "
+        "slots wait in the model's queue.",
         json_schema_extra=_key("llm.num_parallel"),
     )
     batch_invariant: bool = Field(
@@ -245,6 +246,11 @@ class Settings(BaseSettings):
             raise ValueError(f'gpu_layers must be "auto", -1 or a count >= 0, not {value!r}')
         return str(count)
 
+    @field_validator("num_parallel", mode="before")
+    @classmethod
+    def _slot_count(cls, value: object) -> int | str:
+        return parse_parallel(value)
+
     @field_validator("gpu_memory_limit", mode="before")
     @classmethod
     def _no_limit(cls, value: object) -> object:
@@ -374,6 +380,24 @@ class Settings(BaseSettings):
         home = init_settings().get("home") or env_settings().get("home") or default_home()
         toml_file = Path(str(home)).expanduser() / "config.toml"
         return (init_settings, env_settings, ConfigFileSource(settings_cls, toml_file))
+
+
+def parse_parallel(value: object) -> int | Literal["auto"]:
+    """num_parallel from the environment, the CLI (text) or config.toml (text or int): "auto" or an int in
+    1..MAX_PARALLEL, one spelling per meaning; ValueError saying what is accepted otherwise."""
+    wanted = f'num_parallel must be "auto" or a count from 1 to {MAX_PARALLEL}, not {value!r}'
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(wanted)
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(wanted) from None
+    if not 1 <= count <= MAX_PARALLEL:
+        raise ValueError(wanted)
+    return count
 
 
 def check_api_key(key: str) -> str:

@@ -54,6 +54,7 @@ class Loaded:
     n_ctx: int  # per sequence, as requested; the runner may hold less (trained context, a plan shrunk to fit)
     usage: Mapping[str, int]  # bytes per device it holds, measured where the runner could say (measured_usage)
     num_gpu: int | None = None  # as requested (None: the server's setting)
+    parallel: int = 1  # sequence slots the runner was loaded with (n_seq_max): num_parallel, or what "auto" chose
     fallbacks: tuple[str, ...] = ()  # "cuda: <why it could not run>" for each backend skipped on the way
     warning: str | None = None  # said loudly when GPU layers were asked for and none landed
     active: int = 0
@@ -111,6 +112,7 @@ def running_model(name: str, entry: Loaded) -> RunningModel:
             "layers_total": report.get("layers_total") or info.n_layer + 1,
             "devices": report.get("devices", []),
             "verified": bool(report.get("verified")),
+            "parallel": entry.parallel,
             "gpu_memory": info.gpu_memory,
             "fallbacks": list(entry.fallbacks),
             "warning": entry.warning,

@@ -1,8 +1,11 @@
 """Which runner serves a model: load on demand, share, queue, evict, reload, keep for keep_alive.
 
 Contract, for every request (`_acquire` ... `_release`):
-- Admission: at most `max_queue + num_parallel` requests per model are in flight; past that, ServerBusy (503
-  with Retry-After) at once.
+- Admission: at most `max_queue + parallel` requests per model are in flight, where parallel is the loaded
+  model's slot count (before a load: the last one planned for it, else the setting, "auto" counting as 4); past
+  that, ServerBusy (503 with Retry-After) at once.
+- Slots: an explicit num_parallel is used as given; "auto" is decided per model at each load by the planner
+  (planner.auto_parallel: 4, 2 or 1) and kept with the loaded entry.
 - A loaded runner serves the request when it is alive, holds the same file, has at least the context asked
   for (per sequence) and the same forced num_gpu. Otherwise it is reloaded: at once when idle; when busy it is
   marked draining (no new request joins it) and swapped when its last request ends. Requests waiting for that
@@ -68,6 +71,7 @@ from offload.planner import (
 from offload.planner import Plan as MemoryPlan
 from offload.planner import plan as plan_memory
 from offload.planner.lora import with_adapters
+from offload.planner.parallel import AUTO_PARALLEL, auto_parallel
 from offload.runner.placement import is_gpu_device
 from offload.runner.process import RunnerProcess
 from offload.runner.protocol import LoadedInfo, LoadOptions
@@ -110,6 +114,7 @@ class _Target:
     ctx_forced: bool  # the request named it: the planner moves layers rather than shrink it
     plan: MemoryPlan | None  # the planner's layers and context ("auto" layers on a GPU backend); None otherwise
     need: Mapping[str, int]  # bytes per device; empty when the machine is unknown (only the model count limits)
+    parallel: int  # sequence slots: the setting, or what "auto" chose for this load
 
 
 def _weights(model: StoredModel, gguf: GGUFFile) -> ModelMemory:
@@ -137,6 +142,7 @@ class Scheduler:
         self._cond = asyncio.Condition()
         self._loading = False  # a load (and the unloads it needs) is under way
         self._in_flight: dict[str, int] = {}
+        self._planned_parallel: dict[str, int] = {}  # per model, the slots its last load was planned with
         self._gpu_overhead: dict[str, int] = {}  # per backend, measured from NVML once a runner loaded
         self._budget: dict[str, int] = {}  # bytes offload may use per device with none of its models loaded
         self._default_keep_alive = parse_keep_alive(settings.keep_alive, param="OFFLOAD_KEEP_ALIVE") or 0.0
@@ -244,12 +250,25 @@ class Scheduler:
         gpus = sum(1 for device in self._budget if device != CPU)
         return MODELS_PER_DEVICE * max(1, gpus)
 
+    def _fixed_parallel(self) -> int | None:
+        """num_parallel when the user set a number; None on "auto"."""
+        setting = self.settings.num_parallel
+        return setting if isinstance(setting, int) else None
+
+    def parallel_of(self, name: str) -> int:
+        """The slots `name` is served with: its loaded runner's, else the last planned, else the setting's."""
+        entry = self._loaded.get(name)
+        if entry is not None:
+            return entry.parallel
+        return self._planned_parallel.get(name) or self._fixed_parallel() or AUTO_PARALLEL
+
     def _admit(self, name: str) -> None:
         in_flight = self._in_flight.get(name, 0)
-        limit = self.settings.max_queue + self.settings.num_parallel
+        parallel = self.parallel_of(name)
+        limit = self.settings.max_queue + parallel
         if in_flight >= limit:
             raise ServerBusy(
-                f"{name} has {in_flight} requests in flight ({self.settings.num_parallel} served at once, "
+                f"{name} has {in_flight} requests in flight ({parallel} served at once, "
                 f"{self.settings.max_queue} may wait: OFFLOAD_MAX_QUEUE); retry later",
                 retry_after=RETRY_AFTER_S,
             )
@@ -417,24 +436,26 @@ class Scheduler:
         PlanRefused when the model cannot fit even then."""
         plan = self._plan if self._plan is not None else self.prepare()
         primary = self._primary()
-        if plan.machine is None or primary is None:
-            return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need={})
-        memory_plan = self._fit(model, primary, plan.machine, n_ctx, num_gpu, ctx_forced=ctx_forced)
+        if plan.machine is None or primary is None:  # no memory to size slots by: the setting, or 4 on "auto"
+            parallel = self._fixed_parallel() or AUTO_PARALLEL
+            return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need={}, parallel=parallel)
+        memory_plan, parallel = self._fit(model, primary, plan.machine, n_ctx, num_gpu, ctx_forced=ctx_forced)
+        self._planned_parallel[model.name.display] = parallel
         if memory_plan is not None:
             need = {name: use.total for name, use in memory_plan.usage.items()}
-            return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=memory_plan, need=need)
+            return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=memory_plan, need=need, parallel=parallel)
         layers = gpu_layers_for(primary.backend, num_gpu, self.settings.gpu_layers)
         usage = usage_of(
             _weights(model, read_gguf(model.model_path)),
             self._budgets(plan.machine, primary.backend),
             n_gpu=layers,
             n_ctx=n_ctx,
-            parallel=self.settings.num_parallel,
+            parallel=parallel,
             n_ubatch=self.settings.num_batch,
             flash_attn=not self.settings.batch_invariant,
         )
         need = {name: use.total for name, use in usage.items()}
-        return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need=need)
+        return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need=need, parallel=parallel)
 
     def _fit(
         self,
@@ -446,28 +467,48 @@ class Scheduler:
         budgets: tuple[DeviceBudget, ...] | None = None,
         *,
         ctx_forced: bool = False,
-    ) -> MemoryPlan | None:
-        """The memory planner's layers and context for a GPU backend (blocking: reads the GGUF); None for the CPU.
-        Layers the user fixed (the request's num_gpu, the gpu_layers setting) are kept or refused with the numbers
-        (PlanRefused); on "auto" the planner picks them."""
-        if candidate.backend == "cpu":
-            return None
-        forced = None
-        if self._layers_forced(num_gpu):
-            forced = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
+        parallel: int | None = None,
+    ) -> tuple[MemoryPlan | None, int]:
+        """The memory planner's layers and context for a GPU backend (None for the CPU), and the sequence slots
+        (blocking: reads the GGUF). Layers the user fixed (the request's num_gpu, the gpu_layers setting) are kept
+        or refused with the numbers (PlanRefused); on "auto" the planner picks them. Slots: `parallel`, else the
+        num_parallel setting, else (on "auto") planner.auto_parallel's choice for this backend."""
+        fixed = parallel or self._fixed_parallel()
+        cpu = candidate.backend == "cpu"
+        if cpu and fixed:
+            return None, fixed
         gguf = read_gguf(model.model_path)
-        return plan_memory(
-            _weights(model, gguf),
-            budgets if budgets is not None else self._budgets(machine, candidate.backend),
-            n_ctx=n_ctx,
-            parallel=self.settings.num_parallel,
-            num_ctx_min=n_ctx if ctx_forced else min(MIN_AUTO_CTX, n_ctx),
-            num_ctx_max=gguf.context_length,
-            n_ubatch=self.settings.num_batch,
-            flash_attn=not self.settings.batch_invariant,
-            headroom=DEFAULT_HEADROOM,
-            num_gpu=forced,
-        )
+        weights = _weights(model, gguf)
+        budgets = budgets if budgets is not None else self._budgets(machine, candidate.backend)
+        forced = None
+        if not cpu and self._layers_forced(num_gpu):
+            forced = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
+        wanted = min(n_ctx, gguf.context_length) if gguf.context_length else n_ctx
+
+        def plan_with(slots: int) -> MemoryPlan:
+            return plan_memory(
+                weights,
+                # On the CPU only its budget counts, at the context asked for: are `slots` KV caches too many?
+                tuple(b for b in budgets if b.is_cpu) if cpu else budgets,
+                n_ctx=n_ctx,
+                parallel=slots,
+                num_ctx_min=n_ctx if ctx_forced or cpu else min(MIN_AUTO_CTX, n_ctx),
+                num_ctx_max=gguf.context_length,
+                n_ubatch=self.settings.num_batch,
+                flash_attn=not self.settings.batch_invariant,
+                headroom=DEFAULT_HEADROOM,
+                num_gpu=forced,
+            )
+
+        if cpu:
+            try:
+                return None, auto_parallel(plan_with, wanted).parallel
+            except PlanRefused:  # not even one slot fits: planned and placed as num_parallel 1 would be
+                return None, 1
+        if fixed:
+            return plan_with(fixed), fixed
+        chosen = auto_parallel(plan_with, wanted)
+        return chosen, chosen.parallel
 
     def _layers_forced(self, num_gpu: int | None) -> bool:
         return num_gpu is not None or self.settings.gpu_layers != "auto"
@@ -490,18 +531,17 @@ class Scheduler:
             raise BackendUnusable(f"no backend can load {model.name}: {plan.reason}")
         fallbacks: list[str] = []
         for index, candidate in enumerate(plan.candidates):
-            if index == 0:
-                memory_plan = target.plan
-            elif plan.machine is not None:
-                memory_plan = await asyncio.to_thread(
+            memory_plan, parallel = target.plan, target.parallel
+            if index > 0 and plan.machine is not None:  # another backend: its own layers, and slots on "auto"
+                memory_plan, parallel = await asyncio.to_thread(
                     functools.partial(
                         self._fit, model, candidate, plan.machine, target.n_ctx, num_gpu, ctx_forced=target.ctx_forced
                     )
                 )
-            else:
+            elif index > 0:
                 memory_plan = None
             try:
-                return await self._start_on(model, candidate, memory_plan, target, num_gpu, fallbacks)
+                return await self._start_on(model, candidate, memory_plan, parallel, target, num_gpu, fallbacks)
             except BackendUnusable as exc:
                 # A forced plan holds only the requested backend's variants: trying the next is not a fallback.
                 fallbacks.append(f"{candidate.backend}: {exc.message}")
@@ -517,14 +557,16 @@ class Scheduler:
         model: StoredModel,
         candidate: Candidate,
         memory_plan: MemoryPlan | None,
+        parallel: int,
         target: _Target,
         num_gpu: int | None,
         fallbacks: list[str],
     ) -> Loaded:
-        """Load on one backend; an out-of-memory load is retried once with a shrunk plan."""
+        """Load on one backend with `parallel` slots; an out-of-memory load is retried once with a shrunk plan (the
+        same slots: the retry moves layers and context, as it does for an explicit num_parallel)."""
         n_ctx = target.n_ctx
         try:
-            return await self._run(model, candidate, memory_plan, n_ctx, num_gpu, fallbacks)
+            return await self._run(model, candidate, memory_plan, parallel, n_ctx, num_gpu, fallbacks)
         except OutOfMemory as exc:
             if memory_plan is None or self._layers_forced(num_gpu):  # no smaller plan to try, or not ours to make
                 raise
@@ -538,16 +580,18 @@ class Scheduler:
         self._refresh_budget(measured)
         budgets = shrink_after_oom(measured, memory_plan, first.device, first.requested)
         forced_ctx = target.ctx_forced
-        replan = functools.partial(self._fit, model, candidate, fresh, n_ctx, None, budgets, ctx_forced=forced_ctx)
+        replan = functools.partial(
+            self._fit, model, candidate, fresh, n_ctx, None, budgets, ctx_forced=forced_ctx, parallel=parallel
+        )
         try:
-            smaller = await asyncio.to_thread(replan) or memory_plan
+            smaller = (await asyncio.to_thread(replan))[0] or memory_plan
         except PlanRefused as refused:
             raise OutOfMemory(f"{first.message}; and no smaller plan fits: {refused.message}",
                               device=first.device, requested=first.requested) from refused
         log.info("retry plan for %s: %s (was %d layers, context %d)", model.name, smaller.reason,
                  memory_plan.n_gpu_layers, memory_plan.n_ctx)
         try:
-            return await self._run(model, candidate, smaller, n_ctx, num_gpu, fallbacks)
+            return await self._run(model, candidate, smaller, parallel, n_ctx, num_gpu, fallbacks)
         except OutOfMemory as second:
             raise OutOfMemory(
                 f"{first.message}; retried with {smaller.n_gpu_layers} layers and context {smaller.n_ctx}: "
@@ -561,11 +605,11 @@ class Scheduler:
         model: StoredModel,
         candidate: Candidate,
         memory_plan: MemoryPlan | None,
+        parallel: int,
         n_ctx: int,
         num_gpu: int | None,
         fallbacks: list[str],
     ) -> Loaded:
-        parallel = self.settings.num_parallel
         layers = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
         load_ctx = n_ctx
         split: tuple[float, ...] = ()
@@ -591,7 +635,9 @@ class Scheduler:
         if memory_plan is not None:
             self._log_accuracy(model, memory_plan, info)
         usage = measured_usage(info, overhead)
-        return self._loaded_entry(model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks), usage)
+        return self._loaded_entry(
+            model, runner, info, n_ctx, num_gpu, layers, tuple(fallbacks), usage, parallel=parallel
+        )
 
     def _learn_overhead(self, backend: str, info: LoadedInfo) -> int:
         """A GPU runner's overhead beyond its buffers, from NVML: remembered per backend for later plans."""
@@ -626,6 +672,8 @@ class Scheduler:
         layers_asked: int,
         fallbacks: tuple[str, ...],
         usage: Mapping[str, int],
+        *,
+        parallel: int,
     ) -> Loaded:
         warning = None
         if layers_asked and info.layers_on_gpu == 0:
@@ -637,7 +685,7 @@ class Scheduler:
             "weights=%.1fMiB gpu_memory=%s load=%.2fs%s",
             model.name, info.backend, info.layers_on_gpu, info.n_layer + 1,
             ",".join(f"{d['name']}:{d['layers']}" for d in devices),
-            info.n_ctx, self.settings.num_parallel, info.model_size / 2**20,
+            info.n_ctx, parallel, info.model_size / 2**20,
             f"{info.gpu_memory / 2**20:.0f}MiB" if info.gpu_memory is not None else "n/a",
             info.load_duration / 1e9, f" after fallback from {'; '.join(fallbacks)}" if fallbacks else "",
         )
@@ -652,6 +700,7 @@ class Scheduler:
             num_gpu=num_gpu,
             fallbacks=fallbacks,
             warning=warning,
+            parallel=parallel,
         )
 
     # ---- keep_alive ----------------------------------------------------------------------------------------

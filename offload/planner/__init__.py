@@ -32,8 +32,10 @@ from offload.planner.memory import (
     model_memory,
     model_shape,
 )
+from offload.planner.parallel import AUTO_PARALLEL, auto_parallel
 
 __all__ = [
+    "AUTO_PARALLEL",
     "CPU",
     "DEFAULT_HEADROOM",
     "GPU_OVERHEAD",
@@ -44,6 +46,7 @@ __all__ = [
     "ModelShape",
     "Plan",
     "PlanRefused",
+    "auto_parallel",
     "budgets_from",
     "compare",
     "compute_buffer_bytes",

@@ -122,6 +122,7 @@ def test_ps_lists_the_loaded_model_with_its_placement(client: ollama.Client, ser
     assert raw["offload"]["backend"] == "cpu"
     assert raw["offload"]["layers_on_gpu"] == 0
     assert raw["offload"]["layers_total"] == 19
+    assert raw["offload"]["parallel"] == 4  # num_parallel "auto" on the CPU: 4 KV caches of the starter model fit
     assert raw["size_vram"] == 0
     assert raw["context_length"] >= 2048
 

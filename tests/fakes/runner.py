@@ -2,7 +2,8 @@
 
 `FakeRunnerFactory` is what a test hands to `Scheduler(settings, runner_factory=...)`; it keeps every runner it
 made, so a test can count starts and closes, make one "die" (`has_exited()` turns true), fail a start, or hold a
-generation open mid-stream to keep the runner busy.
+generation open mid-stream to keep the runner busy. Like the real runner, it decodes at most `n_seq_max`
+generations at once (the others wait for a free slot) and reports the context of one sequence.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class FakeRunner:
     closes: int = 0
     exited: bool = False
     requests: list[GenerateRequest] = field(default_factory=list)
+    decoding: int = 0  # generations holding a slot now
+    most_decoding: int = 0  # the most that ever held one at once
+    _slots: asyncio.Semaphore | None = None
 
     async def start(self, timeout: float) -> LoadedInfo:
         self.starts += 1
@@ -71,7 +75,9 @@ class FakeRunner:
         if failure is not None:
             self.exited = True
             raise failure
-        n_ctx = min(self.options.n_ctx, self.n_ctx_train) if self.n_ctx_train else self.options.n_ctx
+        # As runner/__main__.py: the context is shared by n_seq_max sequences; each gets (and reports) its share.
+        per_sequence = max(1, self.options.n_ctx // self.options.n_seq_max)
+        n_ctx = min(per_sequence, self.n_ctx_train) if self.n_ctx_train else per_sequence
         layers_total = self.n_layer + 1
         on_gpu = 0
         report = LoadReport(layers={"CPU": layers_total}, buffers={"CPU": {"model": self.model_size}})
@@ -100,14 +106,22 @@ class FakeRunner:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
-        for i, chunk in enumerate(self.script(request)):
-            yield chunk
-            if i == 0:
-                if self.fail_mid_stream is not None:
-                    self.exited = True
-                    raise self.fail_mid_stream
-                if self.gate is not None:
-                    await self.gate.wait()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.options.n_seq_max)
+        async with self._slots:
+            self.decoding += 1
+            self.most_decoding = max(self.most_decoding, self.decoding)
+            try:
+                for i, chunk in enumerate(self.script(request)):
+                    yield chunk
+                    if i == 0:
+                        if self.fail_mid_stream is not None:
+                            self.exited = True
+                            raise self.fail_mid_stream
+                        if self.gate is not None:
+                            await self.gate.wait()
+            finally:
+                self.decoding -= 1
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         return EmbedResult(

@@ -3,10 +3,11 @@ or mid-stream, a burst of streams against a small queue, a runner that stops ans
 are in tests/blackbox/test_runner_faults.py; model files changed under a running server, a full disk, racing pulls
 and shutdown in the test_faults_* modules beside this one.
 
-One server for the module: a queue of 4 (OFFLOAD_MAX_QUEUE), prompts evaluated 32 tokens per llama_decode so that a
-prompt takes many steps, and debug logs, which carry the runner's own account of each burst of work ("busy ...: N
-tokens evaluated, M sampled"): that, not a clock, shows whether a cancelled request stopped using the runner.
-No timing is asserted; every wait is bounded so that a hang fails the test instead of stalling the suite.
+One server for the module: one slot (OFFLOAD_NUM_PARALLEL) and a queue of 4 (OFFLOAD_MAX_QUEUE), prompts evaluated
+32 tokens per llama_decode so that a prompt takes many steps, and debug logs, which carry the runner's own account
+of each burst of work ("busy ...: N tokens evaluated, M sampled"): that, not a clock, shows whether a cancelled
+request stopped using the runner. No timing is asserted; every wait is bounded so that a hang fails the test
+instead of stalling the suite.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ WAIT_S = 60.0  # the most any condition below is waited for
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"OFFLOAD_MAX_QUEUE": str(QUEUE), "OFFLOAD_NUM_BATCH": str(BATCH), "OFFLOAD_LOG_LEVEL": "debug"}
+    env = {
+        "OFFLOAD_MAX_QUEUE": str(QUEUE),
+        "OFFLOAD_NUM_PARALLEL": "1",  # one slot, so a burst meets the queue limit the numbers below assume
+        "OFFLOAD_NUM_BATCH": str(BATCH),
+        "OFFLOAD_LOG_LEVEL": "debug",
+    }
     with running_server(starter_home(tmp_path_factory.mktemp("offload-faults-home")), env) as process:
         yield process
 

@@ -214,7 +214,9 @@ def test_ps_table_shows_processor_and_placement(fake: FakeOllama) -> None:
                     "size_vram": 520,
                     "context_length": 4096,
                     "expires_at": iso(timedelta(minutes=4, seconds=30)),
-                    "offload": {"backend": "cuda", "layers_on_gpu": 10, "layers_total": 19, "verified": True},
+                    "offload": {
+                        "backend": "cuda", "layers_on_gpu": 10, "layers_total": 19, "verified": True, "parallel": 4
+                    },
                 },
                 {"name": "cpu:latest", "digest": "b" * 64, "size": 1000, "size_vram": 0, "expires_at": None},
             ]
@@ -233,10 +235,11 @@ def test_ps_table_shows_processor_and_placement(fake: FakeOllama) -> None:
         "BACKEND",
         "GPU",
         "LAYERS",
+        "PARALLEL",
     ]
     assert "48%/52% CPU/GPU" in lines[1]
     assert "4 minutes from now" in lines[1]
-    assert lines[1].split()[-2:] == ["cuda", "10/19"]
+    assert lines[1].split()[-3:] == ["cuda", "10/19", "4"]  # the slots the model was loaded with
     assert "100% CPU" in lines[2]
     assert "Forever" in lines[2]
 

@@ -94,7 +94,7 @@ def test_table(app: typer.Typer) -> None:
 
 
 def test_json(app: typer.Typer) -> None:
-    result = runner.invoke(app, ["gemma3:270m", "--json"])
+    result = runner.invoke(app, ["gemma3:270m", "--json", "--parallel", "1"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["model"] == "gemma3:270m" and data["n_ctx"] == 4096 and data["n_gpu_layers"] == 19
@@ -110,3 +110,17 @@ def test_refusal_exits_1_with_the_numbers(app: typer.Typer, monkeypatch: pytest.
     assert result.exit_code == 1
     data = json.loads(result.output)
     assert data["code"] == "plan_refused" and "CPU needs" in data["error"]
+
+
+def test_parallel_follows_the_setting_and_auto_sizes_it(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def slots(*args: str) -> int:
+        result = runner.invoke(app, ["gemma3:270m", "--json", *args])
+        assert result.exit_code == 0, result.output
+        return int(json.loads(result.output)["parallel"])
+
+    assert slots() == 4  # num_parallel "auto" on a 24 GiB GPU: 4 slots keep every layer and 4096 each
+    assert slots("--parallel", "2") == 2
+    monkeypatch.setenv("OFFLOAD_NUM_PARALLEL", "3")
+    assert slots() == 3
+    result = runner.invoke(app, ["gemma3:270m", "--parallel", "0"])
+    assert result.exit_code == 2 and "from 1 to 256" in result.output

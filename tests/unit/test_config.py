@@ -254,6 +254,40 @@ def test_gpu_layers_int_accepted_from_cli_and_toml(clean_env: Path) -> None:
     assert load_settings().gpu_layers == "-1"
 
 
+# ---------------------------------------------------------------- num_parallel: "auto" or 1..256
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), (" AUTO ", "auto"), ("1", 1), ("4", 4), (" 016 ", 16), ("256", 256), (8, 8)],
+)
+def test_num_parallel_accepted(monkeypatch: pytest.MonkeyPatch, value: object, expected: object) -> None:
+    assert load_settings(num_parallel=value).num_parallel == expected
+    monkeypatch.setenv("OFFLOAD_NUM_PARALLEL", str(value))
+    assert load_settings().num_parallel == expected
+
+
+def test_num_parallel_defaults_to_auto(clean_env: Path) -> None:
+    assert load_settings().num_parallel == "auto"
+    write_toml(clean_env / ".offload", "[llm]\nnum_parallel = 2\n")
+    assert load_settings().num_parallel == 2
+
+
+@pytest.mark.parametrize("value", ["0", "257", "-1", "four", "", "1.5", 0, 2.0, True])
+def test_num_parallel_rejected_with_what_is_accepted(value: object) -> None:
+    with pytest.raises(ValidationError, match=r'num_parallel must be "auto" or a count from 1 to 256, not'):
+        load_settings(num_parallel=value)
+
+
+def test_num_parallel_through_config_set(clean_env: Path) -> None:
+    home = clean_env / ".offload"
+    assert set_config_value(home, "llm.num_parallel", "auto") == "auto"
+    assert set_config_value(home, "llm.num_parallel", "8") == 8
+    assert tomllib.loads((home / "config.toml").read_text()) == {"llm": {"num_parallel": 8}}
+    with pytest.raises(ConfigError, match=r"llm.num_parallel: .*from 1 to 256"):
+        set_config_value(home, "llm.num_parallel", "0")
+
+
 def test_every_field_has_one_dotted_key() -> None:
     keys = config_keys()
     assert sorted(keys.values()) == sorted(Settings.model_fields)

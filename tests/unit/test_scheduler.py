@@ -58,6 +58,11 @@ async def collect(stream: AsyncIterator[Chunk], into: list[Chunk] | None = None)
     return got
 
 
+def per_sequence(options: LoadOptions) -> int:
+    """The context each slot gets: the server loads num_ctx x n_seq_max (4 slots under the default "auto" here)."""
+    return options.n_ctx // options.n_seq_max
+
+
 def cpu_only(settings: Settings) -> BackendPlan:
     return BackendPlan((Candidate("cpu", None),), forced=False, reason="tests run on the CPU")
 
@@ -128,7 +133,9 @@ def test_load_options_come_from_settings_and_model(tmp_path: Path) -> None:
     _, factory = run_with(tmp_path, body, num_ctx=2048, num_batch=64, num_threads=3)
     options = factory.runners[0].options
     assert options.model_path == str(model.model_path)
-    assert (options.n_ctx, options.n_batch, options.n_threads) == (2048, 64, 3)
+    assert (options.n_batch, options.n_threads) == (64, 3)
+    # num_parallel "auto" on a machine whose memory is unknown: 4 slots, each with the 2048 asked for.
+    assert (options.n_ctx, options.n_seq_max) == (4 * 2048, 4)
     assert factory.runners[0].name == "tiny:latest"
 
 
@@ -139,7 +146,7 @@ def test_request_num_ctx_is_used_for_the_load(tmp_path: Path) -> None:
         await collect(sched.generate(model, request(num_ctx=1024)))
 
     _, factory = run_with(tmp_path, body)
-    assert factory.runners[0].options.n_ctx == 1024
+    assert per_sequence(factory.runners[0].options) == 1024
 
 
 def test_load_reports_duration_once(tmp_path: Path) -> None:
@@ -420,7 +427,7 @@ def test_num_ctx_change_reloads_an_idle_runner(tmp_path: Path) -> None:
         await collect(sched.generate(model, request(num_ctx=2048)))
 
     _, factory = run_with(tmp_path, body)
-    assert [r.options.n_ctx for r in factory.runners] == [1024, 2048]
+    assert [per_sequence(r.options) for r in factory.runners] == [1024, 2048]
     assert factory.runners[0].closes == 1
 
 
@@ -433,7 +440,7 @@ def test_smaller_num_ctx_shares_the_loaded_runner(tmp_path: Path) -> None:
         await collect(sched.generate(model, request()))  # the default, 4096, is larger: reload
 
     _, factory = run_with(tmp_path, body)
-    assert [r.options.n_ctx for r in factory.runners] == [2048, 4096]
+    assert [per_sequence(r.options) for r in factory.runners] == [2048, 4096]
     assert [q.num_ctx for q in factory.runners[0].requests] == [2048, 1024]
 
 
@@ -461,7 +468,7 @@ def test_bigger_num_ctx_drains_a_busy_runner_then_reloads(tmp_path: Path) -> Non
         assert (await bigger)[-1].done and (await smaller)[-1].done
 
     _, factory = run_with(tmp_path, body, configure=hold)
-    assert [r.options.n_ctx for r in factory.runners] == [1024, 2048]
+    assert [per_sequence(r.options) for r in factory.runners] == [1024, 2048]
     assert factory.runners[0].closes == 1
     assert sorted(q.num_ctx or 0 for q in factory.runners[1].requests) == [512, 2048]
 
@@ -506,6 +513,7 @@ def test_running_reports_placement(tmp_path: Path) -> None:
     assert entry.placement["layers_on_gpu"] == 0
     assert entry.placement["layers_total"] == 19
     assert entry.placement["verified"] is True
+    assert entry.placement["parallel"] == 4  # "auto" on a machine of unknown memory
     assert entry.expires_at > datetime.now(UTC) + timedelta(days=365 * 1000)
 
 
@@ -693,7 +701,8 @@ def test_auto_puts_every_layer_on_a_gpu_with_room(tmp_path: Path) -> None:
     options = first_load_options(tmp_path, H100)
     assert options.backend == "cuda"
     assert options.n_gpu_layers == 2  # the planner's count (blocks + output), not a blanket 999
-    assert options.n_ctx == 256  # the requested 4096 clamped to what the model was trained for
+    # The requested 4096 clamped to what the model was trained for, in each of the 4 slots "auto" gives it.
+    assert (options.n_ctx, options.n_seq_max) == (4 * 256, 4)
 
 
 def test_auto_keeps_layers_off_a_gpu_without_room(tmp_path: Path) -> None:
