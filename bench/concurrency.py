@@ -210,6 +210,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--py-spy", help="py-spy binary: profile offload's server and runner at the largest level")
     parser.add_argument("--profile-dir", type=Path, default=Path("profile"), help="where py-spy's stacks go")
+    parser.add_argument("--server-log", type=Path, help="keep offload's log here (--py-spy: in --profile-dir)")
     args = parser.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     slots = max(levels)
@@ -230,7 +231,7 @@ def main() -> int:
             warm = make_prompts(ref, 1, args.prompt_tokens, seed=-1)[0]
             theirs = measure(ref, MODEL_NAME, warm, prompts, args.gen)
             print("llama-server:", {n: round(v.tokens_per_s, 1) for n, v in theirs.items()}, flush=True)
-        log_to = args.profile_dir / "offload-server.log" if args.py_spy else None
+        log_to = args.profile_dir / "offload-server.log" if args.py_spy else args.server_log
         env = {"OFFLOAD_NUM_THREADS": str(args.threads), "OFFLOAD_LOG_LEVEL": "warning",
                "OFFLOAD_NUM_PARALLEL": str(slots), "OFFLOAD_NUM_CTX": str(ctx_per_slot),
                "OFFLOAD_MAX_QUEUE": str(max(64, slots)), **extra}

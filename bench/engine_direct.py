@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--kv-unified", action="store_true")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--before", default="", help="rounds of N sequences run first on the same engine, e.g. 1,4,16")
+    parser.add_argument("--early", action="store_true", help="every 4th sequence ends after gen/8 tokens")
     parser.add_argument("--invariant", action="store_true", help="batch-invariant mode, as the runner sets it up")
     parser.add_argument("--bos", action="store_true", help="prompts start with BOS, as tokenized text does")
     parser.add_argument("--stagger", type=int, default=0, help="submit this many requests per step (0: all at once)")
@@ -63,11 +64,11 @@ def main() -> int:
                     invariant=args.invariant)
     rng = random.Random(0)
     vocab = model.facts.n_vocab
-    def request(seed: int) -> GenerateRequest:
+    def request(seed: int, gen: int = args.gen) -> GenerateRequest:
         # A prompt of exactly prompt-tokens token ids, sent as context (no tokenizing): prompt text is the rest.
         ids = tuple(rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens - 1))
         ids = (model.bos, *ids[1:]) if args.bos else ids
-        return GenerateRequest(model="m", prompt=" x", context=ids, num_predict=args.gen,
+        return GenerateRequest(model="m", prompt=" x", context=ids, num_predict=gen,
                                sampling=SamplingOptions(temperature=0.8, top_k=40, top_p=0.9, seed=seed))
 
     for n in [int(x) for x in args.before.split(",") if x]:  # earlier rounds on the same engine, not measured
@@ -76,7 +77,10 @@ def main() -> int:
         while engine.has_work():
             engine.step()
     first_token.clear()
-    pending = [(f"r{i}", request(i)) for i in range(args.parallel)]
+    # --early: every 4th sequence stops after an eighth of the tokens, leaving gaps in the busy slots
+    requests = [(f"r{i}", request(i, args.gen // 8 if args.early and i % 4 == 1 else args.gen))
+                for i in range(args.parallel)]
+    pending = list(requests)
     per_step = args.stagger or len(pending)  # requests arriving per step, as over HTTP they come one by one
     started = time.perf_counter()
     steps = 0
@@ -90,7 +94,7 @@ def main() -> int:
         step_times.append(time.perf_counter() - t0)
         steps += 1
     ended = time.perf_counter()
-    generated = args.parallel * args.gen
+    generated = sum(request.num_predict or 0 for _, request in requests)
     decode_s = ended - (first_token[0] if first_token else started)
     step_times.sort()
     print(f"parallel {args.parallel} sampling_threads {args.sampling_threads} kv_unified {args.kv_unified} "

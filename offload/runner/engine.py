@@ -24,8 +24,9 @@ splits a batch into micro-batches of *consecutive* sequence ids in increasing or
 split_equal with sequential=true), one graph evaluation each. Sequences 0-63 in order are one evaluation; the same
 64 scattered over the slots, or listed out of order, are many, and the graph's shape changes from step to step so
 CUDA graphs are never replayed. Measured on an H200 at 64 streams: decode-only steps of 12.7 ms instead of 1.5 ms
-(docs/BENCHMARKS.md). So every llama_decode lists its sequences by id, and a new request fills the lowest free slot
-unless a long shared prefix is worth a hole.
+(docs/BENCHMARKS.md). So every llama_decode lists its sequences by id, a new request fills the lowest free slot
+unless a long shared prefix is worth a hole, and a hole that no request fills (a stream that ended before the
+others) is closed by moving the highest busy sequence's cache into it (Context.move, one copy of its stream).
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Engine:
         self.slots = [Slot(seq_id) for seq_id in range(context.n_seq_max)]
         self.active: list[Sequence] = []  # in arrival order: prefill chunks are handed out in this order
         self.cancelled: set[str] = set()
+        self._packing = True  # off once llama.cpp refuses a move (_pack)
         self._embedder: Context | None = None
 
     # ---- requests from the server -------------------------------------------------------------------------
@@ -201,7 +203,28 @@ class Engine:
                 continue
             self._place(seq, free)
             self.active.append(seq)
+        self._pack()
         return self.active
+
+    def _pack(self) -> None:
+        """While the busy slots have a gap, move the highest busy sequence into the lowest free slot below it, so
+        the busy sequence ids stay consecutive (module docstring). A move llama.cpp refuses leaves things as they
+        are (the batch is then split, which is slower but correct)."""
+        while self._packing:
+            busy = [slot for slot in self.slots if slot.seq is not None]
+            if not busy or busy[-1].seq_id - busy[0].seq_id + 1 == len(busy):
+                return
+            source = busy[-1]
+            target = next(slot for slot in self.slots[busy[0].seq_id :] if slot.seq is None)
+            seq = source.seq
+            assert seq is not None
+            if not self.context.move(source.seq_id, target.seq_id):
+                log.warning("llama.cpp could not move sequence %d's cache to %d: batches with a gap in the slots "
+                            "stay split from now on", source.seq_id, target.seq_id)
+                self._packing = False
+                return
+            target.cached, target.seq, seq.slot = source.cached, seq, target
+            source.cached, source.seq = [], None
 
     def run(self, active: list[Sequence]) -> list[tuple[Sequence, int]]:
         """Evaluate every sequence that has work (one llama_decode, or in invariant mode one for the decode tokens

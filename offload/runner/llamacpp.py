@@ -352,6 +352,19 @@ class Context:
         """Drop the cache of `seq_id` from `from_pos` on; False if llama.cpp cannot cut it there (SWA, recurrent)."""
         return bool(C.llama_memory_seq_rm(self.memory, seq_id, from_pos, -1))
 
+    def move(self, source: int, target: int) -> bool:
+        """Move sequence `source`'s whole cache to sequence `target` (which loses what it held); llama.cpp copies
+        the stream's buffers at the next llama_decode. False, with nothing changed, where the copy does not take
+        (then `source` is kept as it was)."""
+        end = int(C.llama_memory_seq_pos_max(self.memory, source))
+        C.llama_memory_seq_rm(self.memory, target, -1, -1)
+        C.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+        if int(C.llama_memory_seq_pos_max(self.memory, target)) != end:
+            C.llama_memory_seq_rm(self.memory, target, -1, -1)
+            return False
+        C.llama_memory_seq_rm(self.memory, source, -1, -1)
+        return True
+
     def clear(self) -> None:
         C.llama_memory_clear(self.memory, True)
 

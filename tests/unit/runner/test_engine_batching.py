@@ -158,6 +158,38 @@ def test_eight_streams_together_give_what_each_gives_alone(starter_model: Path) 
     assert together == alone
 
 
+def test_a_moved_stream_gives_what_it_gives_alone(starter_model: Path) -> None:
+    """Batch-invariant mode through the real runner process: the streams in slots 0 and 2 end early, so the later
+    ones are moved down into their slots mid-generation (cache copied to another KV stream); each text is still
+    exactly what the request gives alone."""
+    options = LoadOptions(
+        model_path=str(starter_model), n_ctx=SLOTS * 256, n_batch=64, n_seq_max=SLOTS, batch_invariant=True
+    )
+    lengths = [2, 20, 3, 20, 20, 20]
+
+    async def collect(runner: RunnerProcess, i: int) -> tuple[str, int | None]:
+        text, count = "", None
+        async for chunk in runner.generate(request(i, num_predict=lengths[i])):
+            text += chunk.text
+            if chunk.done:
+                count = chunk.eval_count
+        return text, count
+
+    async def main() -> tuple[list[tuple[str, int | None]], list[tuple[str, int | None]]]:
+        runner = RunnerProcess(options, name="gemma3:270m")
+        await runner.start(120)
+        try:
+            alone = [await collect(runner, i) for i in range(len(lengths))]
+            together = await asyncio.gather(*(collect(runner, i) for i in range(len(lengths))))
+        finally:
+            await runner.close()
+        return alone, list(together)
+
+    alone, together = asyncio.run(main())
+    assert [count for _, count in alone][:3] == [2, 20, 3]
+    assert together == alone
+
+
 def test_a_cancelled_stream_frees_its_slot_for_the_next_request(batched: Batched) -> None:
     run = Run()
     engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
@@ -240,6 +272,26 @@ def test_busy_slots_stay_packed_and_each_decode_lists_them_in_order(
     drain(engine)
     assert calls and all(ids == sorted(ids) for ids in calls)
     assert all(run.final(f"r2-{i}")["eval_count"] == 6 for i in range(len(topics)))
+
+
+def test_a_stream_that_ends_early_leaves_no_gap_in_the_busy_slots(batched: Batched) -> None:
+    """Four streams; the one in slot 1 ends after 2 tokens with nobody waiting: the stream in slot 3 moves into
+    slot 1 (its cache copied), so the busy slots are 0-2 again, and it goes on to its full length."""
+    run = Run()
+    engine = Engine(batched.model, batched.context, run, n_threads=batched.threads)
+    for i in range(4):
+        engine.submit(f"s{i}", request(i, num_predict=2 if i == 1 else 10, sampling=SETTINGS[0]))
+    engine.schedule()
+    moved = next(seq for seq in engine.active if seq.id == "s3")
+    assert moved.slot is not None and moved.slot.seq_id == 3
+    while "s1" not in {m["id"] for m in run.messages if m["op"] == "chunk" and m["chunk"].get("done")}:
+        engine.step()
+    engine.step()  # the next schedule packs the slots
+    assert sorted(slot.seq_id for slot in engine.slots if slot.seq is not None) == [0, 1, 2]
+    assert moved.slot is not None and moved.slot.seq_id == 1
+    drain(engine)
+    assert [run.final(f"s{i}")["eval_count"] for i in range(4)] == [10, 2, 10, 10]
+    assert run.text("s3")
 
 
 def test_prefix_reuse_picks_the_slot_holding_the_conversation(batched: Batched) -> None:
