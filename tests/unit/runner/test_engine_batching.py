@@ -127,47 +127,17 @@ def test_sampling_on_several_threads_gives_what_one_thread_gives(batched: Batche
     assert len({token for rounds in tokens[0] for token in rounds}) > SLOTS  # the settings really sample
 
 
-def test_eight_streams_together_give_what_each_gives_alone(starter_model: Path) -> None:
-    """Through the real runner process in batch-invariant mode: each of 8 requests with its own sampling settings
-    and seed, run alone one after another, then all 8 at once; every text and token count must be identical.
-    Prompts 0 and 4 are the same, so the alone runs also go through prefix reuse."""
+Outcome = tuple[str, int | None]  # a request's text and eval_count
+
+
+def alone_then_together(starter_model: Path, lengths: list[int]) -> tuple[list[Outcome], list[Outcome]]:
+    """Through the real runner process in batch-invariant mode: request i (PROMPTS[i], SETTINGS[i], num_predict
+    lengths[i]) run alone, one after another, then all at once."""
     options = LoadOptions(
         model_path=str(starter_model), n_ctx=SLOTS * 256, n_batch=64, n_seq_max=SLOTS, batch_invariant=True
     )
 
-    async def collect(runner: RunnerProcess, i: int) -> tuple[str, int | None]:
-        text, count = "", None
-        async for chunk in runner.generate(request(i, num_predict=24)):
-            text += chunk.text
-            if chunk.done:
-                count = chunk.eval_count
-        return text, count
-
-    async def main() -> tuple[list[tuple[str, int | None]], list[tuple[str, int | None]]]:
-        runner = RunnerProcess(options, name="gemma3:270m")
-        await runner.start(120)
-        try:
-            alone = [await collect(runner, i) for i in range(SLOTS)]
-            together = await asyncio.gather(*(collect(runner, i) for i in range(SLOTS)))
-        finally:
-            await runner.close()
-        return alone, list(together)
-
-    alone, together = asyncio.run(main())
-    assert all(count for _, count in alone)
-    assert together == alone
-
-
-def test_a_moved_stream_gives_what_it_gives_alone(starter_model: Path) -> None:
-    """Batch-invariant mode through the real runner process: the streams in slots 0 and 2 end early, so the later
-    ones are moved down into their slots mid-generation (cache copied to another KV stream); each text is still
-    exactly what the request gives alone."""
-    options = LoadOptions(
-        model_path=str(starter_model), n_ctx=SLOTS * 256, n_batch=64, n_seq_max=SLOTS, batch_invariant=True
-    )
-    lengths = [2, 20, 3, 20, 20, 20]
-
-    async def collect(runner: RunnerProcess, i: int) -> tuple[str, int | None]:
+    async def collect(runner: RunnerProcess, i: int) -> Outcome:
         text, count = "", None
         async for chunk in runner.generate(request(i, num_predict=lengths[i])):
             text += chunk.text
@@ -175,7 +145,7 @@ def test_a_moved_stream_gives_what_it_gives_alone(starter_model: Path) -> None:
                 count = chunk.eval_count
         return text, count
 
-    async def main() -> tuple[list[tuple[str, int | None]], list[tuple[str, int | None]]]:
+    async def main() -> tuple[list[Outcome], list[Outcome]]:
         runner = RunnerProcess(options, name="gemma3:270m")
         await runner.start(120)
         try:
@@ -185,7 +155,21 @@ def test_a_moved_stream_gives_what_it_gives_alone(starter_model: Path) -> None:
             await runner.close()
         return alone, list(together)
 
-    alone, together = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_eight_streams_together_give_what_each_gives_alone(starter_model: Path) -> None:
+    """Each of 8 requests with its own sampling settings and seed, alone and then all 8 at once: every text and
+    token count identical. Prompts 0 and 4 are the same, so the alone runs also go through prefix reuse."""
+    alone, together = alone_then_together(starter_model, [24] * SLOTS)
+    assert all(count for _, count in alone)
+    assert together == alone
+
+
+def test_a_moved_stream_gives_what_it_gives_alone(starter_model: Path) -> None:
+    """The streams in slots 0 and 2 end early, so later ones move down into their slots mid-generation (cache copied
+    to another KV stream); each text is still exactly what the request gives alone."""
+    alone, together = alone_then_together(starter_model, [2, 20, 3, 20, 20, 20])
     assert [count for _, count in alone][:3] == [2, 20, 3]
     assert together == alone
 
