@@ -40,7 +40,7 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def output_schema(value: Any, param: str = "format") -> str | None:
+def output_schema(value: Any) -> str | None:
     """Ollama's `format` as the JSON schema text the output must satisfy: None for free text ("" or absent),
     JSON_OBJECT_SCHEMA for "json", the schema itself for an object; anything else is a 400."""
     if value is None or value == "":
@@ -48,8 +48,8 @@ def output_schema(value: Any, param: str = "format") -> str | None:
     if value == "json":
         return JSON_OBJECT_SCHEMA
     if isinstance(value, dict):
-        return schema_text(value, param)
-    raise BadRequest(f'invalid value for "{param}": expected "json" or a JSON schema object', param=param)
+        return schema_text(value, "format")
+    raise BadRequest('invalid value for "format": expected "json" or a JSON schema object', param="format")
 
 
 def check_no_images(images: Sequence[str] | None, param: str) -> None:

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from offload.api.ollama import normalized, output_schema
+from offload.api.ollama import normalized
 from offload.api.options import INT32_MAX, ResolvedOptions
+from offload.api.schema import schema_text
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIMessage, OpenAISampling
 from offload.errors import BadRequest, UnsupportedByModel
 from offload.generation import JSON_OBJECT_SCHEMA, Chunk
@@ -113,7 +114,7 @@ def response_schema(response_format: dict[str, Any] | None) -> str | None:
                 'invalid value for "response_format.json_schema.schema": expected a JSON schema object',
                 param="response_format.json_schema.schema",
             )
-        return output_schema(schema, "response_format.json_schema.schema")
+        return schema_text(schema, "response_format.json_schema.schema")
     raise BadRequest(
         'invalid value for "response_format.type": expected "text", "json_object" or "json_schema"',
         param="response_format.type",
