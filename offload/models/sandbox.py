@@ -28,6 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
+from datetime import datetime
 from typing import Any
 
 import jinja2
@@ -268,12 +269,8 @@ def _expect_str_method(
         if isinstance(tabsize, int):
             render.expect(len(text) + text.count("\t") * max(tabsize, 0))
     elif name == "replace" and len(plain) >= 2 and isinstance(plain[0], str):
-        old, new = plain[0], plain[1]
-        hits = len(text) + 1 if not old else text.count(old)
         count = plain[2] if len(plain) > 2 else kwargs.get("count", -1)
-        if isinstance(count, int) and count >= 0:
-            hits = min(hits, count)
-        render.expect(len(text) + hits * max(0, render.size(new) - len(old)))
+        _expect_replace(render, text, plain[0], plain[1], count)
     elif name == "join" and args:
         items = tuple(_ticking(args[0]))
         render.expect(render.size(items) + len(text) * max(0, len(items) - 1))
@@ -282,6 +279,15 @@ def _expect_str_method(
         widest = max((render.size(value) for value in plain[0].values()), default=1)
         render.expect(len(text) * max(widest, 1))
     return args
+
+
+def _expect_replace(render: Render, text: str, old: str, new: Any, count: Any = -1) -> None:
+    """Refuse ``text.replace(old, new, count)`` before it runs when its result would be too large (an empty
+    `old` matches between every character)."""
+    hits = len(text) + 1 if not old else text.count(old)
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    render.expect(len(text) + hits * max(0, render.size(new) - len(old)))
 
 
 def _percent_estimate(render: Render, fmt: str, values: Any) -> int:
@@ -310,9 +316,7 @@ def _expect_filter(render: Render, name: str, args: tuple[Any, ...], kwargs: dic
         render.expect(render.size(items) + render.size(separator) * max(0, len(items) - 1))
         return (items, *args[1:])
     if name == "replace" and len(args) >= 3:
-        text, old, new = str(value), str(args[1]), args[2]
-        hits = len(text) + 1 if not old else text.count(old)
-        render.expect(len(text) + hits * max(0, render.size(new) - len(old)))
+        _expect_replace(render, str(value), str(args[1]), args[2])
     elif name == "indent":
         width = args[1] if len(args) > 1 else kwargs.get("width", 4)
         text = str(value)
@@ -384,8 +388,6 @@ def _raise_exception(message: object) -> None:
 
 
 def _strftime_now(fmt: str) -> str:
-    from datetime import datetime
-
     if not isinstance(fmt, str) or len(fmt) > _MAX_STRFTIME_FORMAT:
         raise _fail(f"strftime_now format longer than {_MAX_STRFTIME_FORMAT} characters")
     return datetime.now().strftime(fmt)
