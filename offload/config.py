@@ -196,7 +196,7 @@ class Settings(BaseSettings):
         json_schema_extra=_key("models.path"),
     )
     discover: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("ollama", "huggingface", "lmstudio"),
+        DISCOVERABLE,
         description="Other programs' model folders whose GGUF files are listed and served where they are, "
         "comma-separated: ollama, huggingface, lmstudio; `none` for none. Found files are never changed; `offload "
         "cp FOUND NAME` copies one into the store.",
