@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offload.models.gguf import SPLIT_PART, split_part_name
+
 # Trees that never hold models but can hold millions of files.
 _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "site-packages", "venv"})
-# llama.cpp's split naming: <prefix>-00001-of-00003.gguf, each part a GGUF of its own.
-SPLIT_PART = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 # A quantization in a file name (Llama-3.2-1B-Instruct-Q4_K_M, model.IQ2_XXS, qwen2.5-7b-f16): the tag users pick.
 _QUANT = re.compile(
     r"(?<![a-z0-9])(i?q[1-8](?:_[a-z0-9]{1,4}){0,2}|tq[12]_0|bf16|f16|f32|mxfp4(?:_moe)?)(?![a-z0-9])"
@@ -128,7 +128,7 @@ def group_parts(paths: list[Path]) -> list[GGUFGroup]:
     groups: list[GGUFGroup] = []
     splits: dict[tuple[Path, str, int], dict[int, Path]] = {}
     for path in paths:
-        match = SPLIT_PART.match(path.name)
+        match = SPLIT_PART.fullmatch(path.name)
         if match is None:
             groups.append(GGUFGroup(path=path, parts=(path,), stem=path.name[: -len(".gguf")]))
             continue
@@ -137,7 +137,7 @@ def group_parts(paths: list[Path]) -> list[GGUFGroup]:
     for (parent, prefix, count), found in splits.items():
         wanted = range(1, count + 1)
         missing = [index for index in wanted if index not in found]
-        first = found.get(1) or parent / f"{prefix}-{1:05d}-of-{count:05d}.gguf"
+        first = found.get(1) or parent / split_part_name(prefix, 1, count)
         parts = tuple(found[index] for index in wanted if index in found)
         problem = None
         if count == 0:

@@ -529,7 +529,14 @@ def _parse(reader: _Reader, path: Path, limits: GGUFLimits) -> GGUFFile:
     )
 
 
-_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-00001-of-(?P<count>\d{5})\.gguf")
+# llama.cpp's gguf-split naming: <prefix>-00001-of-00003.gguf, each part a GGUF of its own. Others match names
+# case-insensitively (a file found or listed); llama.cpp itself finds the parts by exactly `split_part_name`.
+SPLIT_PART = re.compile(r"(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
+
+
+def split_part_name(prefix: str, index: int, count: int) -> str:
+    """gguf-split's name of part `index` (1-based) of `count`."""
+    return f"{prefix}-{index:05d}-of-{count:05d}.gguf"
 
 
 def read_gguf(path: Path, *, limits: GGUFLimits = GGUFLimits()) -> GGUFFile:
@@ -542,10 +549,13 @@ def read_gguf(path: Path, *, limits: GGUFLimits = GGUFLimits()) -> GGUFFile:
     path = Path(path)
     first = _read_file(path, limits)
     count = first.metadata.get("split.count")
-    named = _SPLIT_NAME.fullmatch(path.name)
-    if not isinstance(count, int) or count < 2 or named is None or int(named["count"]) != count:
+    named = SPLIT_PART.fullmatch(path.name)
+    if not isinstance(count, int) or count < 2 or named is None:
         return first
-    siblings = [path.with_name(f"{named['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(2, count + 1)]
+    prefix = named["prefix"]
+    if path.name != split_part_name(prefix, 1, count):
+        return first
+    siblings = [path.with_name(split_part_name(prefix, i, count)) for i in range(2, count + 1)]
     return merge_split(first, [_read_file(sibling, limits) for sibling in siblings], limits)
 
 

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from offload.errors import HubNotFound
+from offload.models.gguf import SPLIT_PART
 
 DEFAULT_QUANT = "Q4_K_M"
 MEMORY_SHARE = 0.8
 
-_SPLIT = re.compile(r"(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
 # Quantization labels as llama.cpp's quantize tool and the usual publishers write them in file names.
 _LABEL = re.compile(
     r"(?<![a-z0-9])((?:ud-)?(?:i?q[1-8](?:_[a-z0-9]+)*|tq[12]_0|bf16|fp16|f16|fp32|f32|mxfp4(?:_moe)?))(?![a-z0-9])",
@@ -70,7 +70,7 @@ def candidates(files: Iterable[HubFile]) -> list[Candidate]:
         base = lowered.rsplit("/", 1)[-1]
         if not lowered.endswith(".gguf") or any(word in base for word in _NOT_A_MODEL):
             continue
-        split = _SPLIT.fullmatch(file.path)
+        split = SPLIT_PART.fullmatch(file.path)
         if split is None:
             singles.append(Candidate(_label(file.path), (file,)))
             continue

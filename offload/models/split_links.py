@@ -21,12 +21,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from offload.models.gguf import split_part_name
+
 SPLITS = "splits"
-
-
-def part_name(index: int, count: int) -> str:
-    """gguf-split's name of part `index` (1-based) of `count`."""
-    return f"model-{index:05d}-of-{count:05d}.gguf"
 
 
 def first_part(root: Path, blobs: Sequence[Path]) -> Path:
@@ -34,14 +31,14 @@ def first_part(root: Path, blobs: Sequence[Path]) -> Path:
     folder of links when it is missing. Raises OSError when the file system will not hold symlinks."""
     key = hashlib.sha256("\n".join(blob.name for blob in blobs).encode()).hexdigest()[:32]
     folder = root / SPLITS / key
-    first = folder / part_name(1, len(blobs))
+    first = folder / split_part_name("model", 1, len(blobs))
     if first.is_symlink():
         return first
     (root / SPLITS).mkdir(exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root / SPLITS))
     try:
         for index, blob in enumerate(blobs, start=1):
-            os.symlink(os.path.relpath(blob, folder), building / part_name(index, len(blobs)))
+            os.symlink(os.path.relpath(blob, folder), building / split_part_name("model", index, len(blobs)))
         try:
             os.rename(building, folder)
         except OSError:
