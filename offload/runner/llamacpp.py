@@ -8,6 +8,7 @@ sampler chain, with nothing per token that C does not do.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import importlib.util
 import math
@@ -382,10 +383,13 @@ class Context:
             self.threadpool.close()
 
 
+@functools.lru_cache(maxsize=64)
 def schema_grammar(schema: str) -> str:
     """GBNF for JSON that satisfies `schema` (JSON text), by llama-cpp-python's schema converter (pure Python, a
     port of llama.cpp's json-schema-to-grammar; loaded without the package __init__, as the bindings are).
-    BadRequest naming what is wrong when the schema is not JSON or uses what the converter cannot express."""
+    BadRequest naming what is wrong when the schema is not JSON or uses what the converter cannot express.
+    Remembered per schema text: the engine converts when it admits a request, on the decode thread, and a client
+    usually sends the same schema with every request."""
     converter = importlib.import_module("llama_cpp.llama_grammar")
     try:
         return str(converter.json_schema_to_gbnf(schema))
