@@ -87,8 +87,6 @@ def adapter_path(value: str, base: Path) -> Path:
     return candidate
 
 
-
-
 def read_modelfile(path: Path, body: dict[str, Any]) -> LocalFiles:
     """Fill the /api/create `body` from the Modelfile at `path`; return the local files it names."""
     from offload.errors import InvalidModelfile

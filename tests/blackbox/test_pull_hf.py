@@ -53,10 +53,7 @@ def test_the_ollama_client_pulls_and_the_model_generates(server: ServerProcess) 
 
 
 def test_offload_pull_fetches_a_split_model_that_llama_cpp_loads(server: ServerProcess) -> None:
-    pulled = subprocess.run(
-        [sys.executable, "-m", "offload", "pull", "hf.co/org/Tiny-GGUF:Q8_0"],
-        env=server.env, capture_output=True, text=True, timeout=120,
-    )
+    pulled = _offload_pull(server, "hf.co/org/Tiny-GGUF:Q8_0", timeout=120)
     assert pulled.returncode == 0, pulled.stderr
     assert "success" in pulled.stderr
     client = ollama.Client(host=server.base_url)
@@ -65,10 +62,14 @@ def test_offload_pull_fetches_a_split_model_that_llama_cpp_loads(server: ServerP
 
 
 def test_offload_pull_says_what_is_wrong_without_a_traceback(server: ServerProcess) -> None:
-    missing = subprocess.run(
-        [sys.executable, "-m", "offload", "pull", "hf.co/org/Tiny-GGUF:Q2_K"],
-        env=server.env, capture_output=True, text=True, timeout=60,
-    )
+    missing = _offload_pull(server, "hf.co/org/Tiny-GGUF:Q2_K", timeout=60)
     assert missing.returncode == 1
     assert "has no Q2_K quantization; it has Q4_K_M, Q8_0" in missing.stderr
     assert "Traceback" not in missing.stderr and "Traceback" not in server.log()
+
+
+def _offload_pull(server: ServerProcess, name: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offload", "pull", name],
+        env=server.env, capture_output=True, text=True, timeout=timeout,
+    )
