@@ -128,7 +128,10 @@ def adopt(store: Store, model: StoredModel, destination: str | ModelName) -> Sto
 
 def _copy_blob(store: Store, path: Path) -> str:
     # O_NONBLOCK: the file was a regular one when found, but a FIFO put in its place must not hang the copy.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # gone or unreadable since it was found
+        raise FoundModelBroken(f"{path.name} can no longer be read ({exc.strerror})", param="source") from exc
     with os.fdopen(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FoundModelBroken(f"{path.name} is no longer a regular file", param="source")

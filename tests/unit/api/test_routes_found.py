@@ -136,6 +136,17 @@ def test_adopting_checks_the_digest_the_source_names(store: Store, roots: Discov
     assert not store.exists("mine")
 
 
+def test_adopting_a_split_model_whose_part_went_away_says_so(store: Store, roots: DiscoveryRoots) -> None:
+    discovery = Discovery(roots, ttl=0)
+    found = catalog.resolve(store, discovery, "parts")
+    parts = catalog.found_of(found)
+    assert parts is not None and len(parts.parts) > 1
+    parts.parts[1].unlink()
+    with pytest.raises(FoundModelBroken, match="can no longer be read"):
+        catalog.adopt(store, found, "mine-split")
+    assert not store.exists("mine-split")
+
+
 def test_verify_before_a_load_rechecks_a_found_file(store: Store, roots: DiscoveryRoots) -> None:
     discovery = Discovery(roots, ttl=0)
     found = catalog.resolve(store, discovery, "loose")
