@@ -4,7 +4,7 @@ tokens/s (generated tokens / time from the first to the last generated token) an
 where the time goes, beside bench/concurrency.py.
 
     python bench/engine_direct.py MODEL.gguf [--parallel 64] [--prompt-tokens 128] [--gen 128] [--gpu-layers 999]
-        [--sampling-threads N] [--kv-unified]
+        [--sampling-threads N] [--kv-unified] [--pipeline]
 """
 
 from __future__ import annotations
@@ -46,22 +46,27 @@ def main() -> int:
     parser.add_argument("--invariant", action="store_true", help="batch-invariant mode, as the runner sets it up")
     parser.add_argument("--bos", action="store_true", help="prompts start with BOS, as tokenized text does")
     parser.add_argument("--stagger", type=int, default=0, help="submit this many requests per step (0: all at once)")
+    parser.add_argument("--pipeline", action="store_true", help="the slots in two contexts, as the runner's pipeline")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the engine's busy line
     if args.invariant:
         os.environ["GGML_CPU_TILED_MM"] = "0"  # as offload.runner.__main__ does
     model = Model(str(args.model), args.gpu_layers, repack=not args.invariant)
-    context = Context(model, n_ctx=(args.prompt_tokens + args.gen + 64) * args.parallel, n_batch=args.batch,
-                      n_threads=args.threads, n_seq_max=args.parallel, kv_unified=args.kv_unified,
-                      flash_attn=not args.invariant)
+    lanes = 2 if args.pipeline else 1
+    contexts = [
+        Context(model, n_ctx=(args.prompt_tokens + args.gen + 64) * args.parallel // lanes, n_batch=args.batch,
+                n_threads=args.threads, n_seq_max=args.parallel // lanes, kv_unified=args.kv_unified,
+                flash_attn=not args.invariant)
+        for _ in range(lanes)
+    ]
     first_token: list[float] = []
 
     def emit(message: Message) -> None:
         if message.get("op") == "chunk" and not first_token and str(message.get("id", "")).startswith("r"):
             first_token.append(time.perf_counter())
 
-    engine = Engine(model, context, emit, n_threads=args.threads, sampling_threads=args.sampling_threads,
-                    invariant=args.invariant)
+    engine = Engine(model, contexts[0], emit, n_threads=args.threads, sampling_threads=args.sampling_threads,
+                    invariant=args.invariant, pipeline=contexts[1] if args.pipeline else None)
     rng = random.Random(0)
     vocab = model.facts.n_vocab
     def request(seed: int, gen: int = args.gen) -> GenerateRequest:
@@ -98,7 +103,7 @@ def main() -> int:
     decode_s = ended - (first_token[0] if first_token else started)
     step_times.sort()
     print(f"parallel {args.parallel} sampling_threads {args.sampling_threads} kv_unified {args.kv_unified} "
-          f"invariant {args.invariant}: "
+          f"invariant {args.invariant} pipeline {args.pipeline}: "
           f"{generated / decode_s:.1f} tok/s decode, {generated / (ended - started):.1f} tok/s overall, {steps} steps, "
           f"median step {step_times[len(step_times) // 2] * 1000:.2f} ms", flush=True)
     engine.close()

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         "costs speed (docs/BENCHMARKS.md). GPU kernels still depend on the batch.",
         json_schema_extra=_key("llm.batch_invariant"),
     )
+    pipeline: bool = Field(
+        True,
+        description="With every layer on a GPU and an even num_parallel of 8 or more, split the slots over two "
+        "llama.cpp contexts: the GPU evaluates one half while the host samples the other (one more compute "
+        "buffer on the GPU). Off: one context, and the GPU waits while the host samples (docs/BENCHMARKS.md).",
+        json_schema_extra=_key("llm.pipeline"),
+    )
     gpu_memory_limit: ByteSize | None = Field(
         None,
         description="Most memory offload's runners may use on each GPU together, CUDA context included (e.g. "

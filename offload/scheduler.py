@@ -627,6 +627,7 @@ class Scheduler:
             backend=candidate.backend,
             tensor_split=split,
             batch_invariant=self.settings.batch_invariant,
+            pipeline=self.settings.pipeline,
             lora_adapters=tuple((str(adapter.path), 1.0) for adapter in model.adapters),
         )
         runner = self._factory(options, model.name.display, candidate.library_path)

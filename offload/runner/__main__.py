@@ -148,15 +148,21 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
             doing = f"loading the LoRA adapters of {name}"
             model.adapters = load_adapters(model, options.lora_adapters)
             n_ctx = _total_context(options.n_ctx, n_seq_max, model.facts.n_ctx_train)
-            doing = f"creating a context of {n_ctx} tokens for {name}"
-            context = llamacpp.Context(
-                model,
-                n_ctx=n_ctx,
-                n_batch=options.n_batch,
-                n_threads=threads,
-                n_seq_max=n_seq_max,
-                flash_attn=not invariant,
-            )
+            lanes = pipeline_lanes(options, n_seq_max, model.facts.n_layer, bool(gpus))
+            contexts = []
+            for slots in lanes:
+                lane_ctx = n_ctx * slots // n_seq_max
+                doing = f"creating a context of {lane_ctx} tokens for {name}"
+                contexts.append(
+                    llamacpp.Context(
+                        model,
+                        n_ctx=lane_ctx,
+                        n_batch=options.n_batch,
+                        n_threads=threads,
+                        n_seq_max=slots,
+                        flash_attn=not invariant,
+                    )
+                )
         except ValueError as exc:
             failure = RunnerStartFailed(f"bad load options while {doing}: {exc}")
         except RunnerStartFailed as exc:
@@ -166,6 +172,7 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
     report = parse_load_log(load_log.getvalue())
     facts = model.facts
     backend = options.backend if report.layers_on_gpu else "cpu"
+    context, *pipeline = contexts
     info = LoadedInfo(
         n_ctx=context.n_ctx_seq,
         n_ctx_train=facts.n_ctx_train,
@@ -182,8 +189,39 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
         gpu_memory=process_gpu_memory(os.getpid()) if gpus else None,
         n_seq_max=n_seq_max,
     )
-    engine = Engine(model, context, emit, n_threads=threads, invariant=invariant, sampling_threads=threads)
+    engine = Engine(
+        model,
+        context,
+        emit,
+        n_threads=threads,
+        invariant=invariant,
+        sampling_threads=threads,
+        pipeline=pipeline[0] if pipeline else None,
+    )
+    if pipeline:
+        log.info("runner: %d slots in two pipelined contexts of %s", n_seq_max, " + ".join(map(str, lanes)))
     return engine, info
+
+
+PIPELINE_MIN_SLOTS = 8  # each of the two contexts gets at least 4 sequences
+
+
+def pipeline_lanes(options: LoadOptions, n_seq_max: int, n_layer: int, has_gpu: bool) -> tuple[int, ...]:
+    """The slots of each context: two equal halves when options.pipeline asks for it, every layer (the output
+    layer too: n_layer + 1) goes to a GPU, the context is given and there are an even number of at least
+    PIPELINE_MIN_SLOTS slots (equal halves: both contexts give a sequence the same cells); else one context of all.
+    On the CPU, or with layers on it, the host that would sample is busy evaluating: nothing to overlap."""
+    if (
+        options.pipeline
+        and not options.batch_invariant
+        and has_gpu
+        and options.n_gpu_layers >= n_layer + 1
+        and options.n_ctx > 0
+        and n_seq_max >= PIPELINE_MIN_SLOTS
+        and n_seq_max % 2 == 0
+    ):
+        return (n_seq_max // 2, n_seq_max // 2)
+    return (n_seq_max,)
 
 
 def _total_context(n_ctx: int, n_seq_max: int, n_ctx_train: int) -> int:

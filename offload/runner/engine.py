@@ -27,6 +27,14 @@ CUDA graphs are never replayed. Measured on an H200 at 64 streams: decode-only s
 (docs/BENCHMARKS.md). So every llama_decode lists its sequences by id, a new request fills the lowest free slot
 unless a long shared prefix is worth a hole, and a hole that no request fills (a stream that ended before the
 others) is closed by moving the highest busy sequence's cache into it (Context.move, one copy of its stream).
+
+Pipelining (`pipeline`, a second context over the same weights): on a GPU llama_decode only queues the work, and
+the host then waits for the logits, samples every sequence and emits text while the GPU idles; at 64 streams on an
+H200 that was half of each step (docs/BENCHMARKS.md). With two contexts ("lanes", each with half the slots) the
+host samples one lane while the GPU evaluates the other: a step launches every lane that is not in flight, then
+collects (samples, emits) the one launched first. A lane in flight is left alone until it is collected: no request
+joins it, nothing of it is cancelled, moved or forgotten, since its batch is still being evaluated. With one lane a
+step launches and collects it, as without pipelining.
 """
 
 from __future__ import annotations
@@ -104,10 +112,25 @@ class BusyPeriod:
         )
 
 
-@dataclass
-class Slot:
-    """One of the context's sequences (seq_id) and what its part of the KV cache holds."""
+@dataclass(eq=False)
+class Lane:
+    """One llama.cpp context, its slots, and the llama_decode of it that was launched and not yet collected."""
 
+    context: Context
+    slots: list[Slot] = field(default_factory=list)
+    launched: bool = False
+    pending: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, output row) to sample
+    sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # sampled already (invariant mode's calls)
+
+    def busy(self) -> int:
+        return sum(slot.seq is not None for slot in self.slots)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One of a lane's sequences (seq_id in its context) and what its part of the KV cache holds."""
+
+    lane: Lane
     seq_id: int
     cached: list[int] = field(default_factory=list)
     seq: Sequence | None = None
@@ -132,8 +155,13 @@ class Engine:
         n_threads: int,
         invariant: bool = False,
         sampling_threads: int = 1,
+        pipeline: Context | None = None,
     ) -> None:
-        """`sampling_threads` > 1: sequences are sampled on that many threads (see _sample)."""
+        """`sampling_threads` > 1: sequences are sampled on that many threads (see _sample). `pipeline`: a second
+        context of the same model and n_ctx_seq, evaluated while the first is sampled (module docstring); not in
+        invariant mode, whose calls must each be sampled before the next."""
+        if pipeline is not None and (invariant or pipeline.n_ctx_seq != context.n_ctx_seq):
+            raise ValueError("a pipeline context needs the first context's n_ctx_seq and no batch invariance")
         self.model = model
         self.context = context
         self.emit = emit
@@ -147,7 +175,12 @@ class Engine:
             else None
         )
         self.waiting: deque[tuple[str, GenerateRequest]] = deque()
-        self.slots = [Slot(seq_id) for seq_id in range(context.n_seq_max)]
+        self.lanes = [Lane(ctx) for ctx in (context, pipeline) if ctx is not None]
+        for lane in self.lanes:
+            lane.slots = [Slot(lane, seq_id) for seq_id in range(lane.context.n_seq_max)]
+        self.slots = [slot for lane in self.lanes for slot in lane.slots]
+        self._in_flight: deque[Lane] = deque()  # launched lanes, oldest first
+        self._head: tuple[str, list[int]] | None = None  # the queue head's prompt tokens (_prompt_tokens)
         self.active: list[Sequence] = []  # in arrival order: prefill chunks are handed out in this order
         self.cancelled: set[str] = set()
         self._packing = True  # off once llama.cpp refuses a move (_pack)
@@ -168,19 +201,24 @@ class Engine:
                 return
 
     def has_work(self) -> bool:
-        return bool(self.active) or bool(self.waiting)
+        return bool(self.active) or bool(self.waiting) or bool(self._in_flight)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def step(self) -> None:
+        """Launch every lane with work that is not in flight, then collect the one launched first (with one lane:
+        evaluate it and sample it)."""
         busy = self.busy
         if busy.steps == 0:
             busy.started = time.perf_counter()
-        active = self.schedule()
-        if active:
+        self.schedule()
+        for lane in self.lanes:
+            if not lane.launched and any(slot.seq is not None for slot in lane.slots):
+                self._launch(lane)
+        if self._in_flight:
             busy.steps += 1
-            parts = self.run(active)
+            sampled = self._collect(self._in_flight.popleft())
             started = time.perf_counter()
-            for seq, token in parts:
+            for seq, token in sampled:
                 self.postprocess(seq, token)
             busy.output_s += time.perf_counter() - started
         if not self.has_work() and busy.steps:
@@ -188,37 +226,43 @@ class Engine:
             self.busy = BusyPeriod()
 
     def schedule(self) -> list[Sequence]:
-        """Drop cancelled sequences, admit waiting requests into free slots; the sequences to step."""
-        for seq in [s for s in self.active if s.id in self.cancelled]:
+        """Drop cancelled sequences, admit waiting requests into free slots of lanes not in flight; the active
+        sequences."""
+        for seq in [s for s in self.active if s.id in self.cancelled and not self._lane(s).launched]:
             self.finish(seq, "cancel")
-        while self.waiting:
-            free = [slot for slot in self.slots if slot.seq is None]
-            if not free:
-                break
-            request_id, request = self.waiting.popleft()
+        while self.waiting and any(slot.seq is None for slot in self.slots):
+            request_id, request = self.waiting[0]
             try:
-                seq = self._start(request_id, request)
+                tokens = self._prompt_tokens(request_id, request)
+                slot = self._choose_slot(tokens)
+                if slot is None:
+                    break  # its lane is in flight: half a step later
+                seq = self._start(request_id, request, tokens)
             except OffloadError as exc:
+                self.waiting.popleft()
                 self.emit({"op": "error", "id": request_id, "code": exc.code, "message": exc.message})
                 continue
-            self._place(seq, free)
+            self.waiting.popleft()
+            self._place(seq, slot)
             self.active.append(seq)
-        self._pack()
+        for lane in self.lanes:
+            if not lane.launched:
+                self._pack(lane)
         return self.active
 
-    def _pack(self) -> None:
-        """While the busy slots have a gap, move the highest busy sequence into the lowest free slot below it, so
-        the busy sequence ids stay consecutive (module docstring). A move llama.cpp refuses leaves things as they
-        are (the batch is then split, which is slower but correct)."""
+    def _pack(self, lane: Lane) -> None:
+        """While the lane's busy slots have a gap, move the highest busy sequence into the lowest free slot below
+        it, so the busy sequence ids stay consecutive (module docstring). A move llama.cpp refuses leaves things as
+        they are (the batch is then split, which is slower but correct)."""
         while self._packing:
-            busy = [slot for slot in self.slots if slot.seq is not None]
+            busy = [slot for slot in lane.slots if slot.seq is not None]
             if not busy or busy[-1].seq_id - busy[0].seq_id + 1 == len(busy):
                 return
             source = busy[-1]
-            target = next(slot for slot in self.slots[busy[0].seq_id :] if slot.seq is None)
+            target = next(slot for slot in lane.slots[busy[0].seq_id :] if slot.seq is None)
             seq = source.seq
             assert seq is not None
-            if not self.context.move(source.seq_id, target.seq_id):
+            if not lane.context.move(source.seq_id, target.seq_id):
                 log.warning("llama.cpp could not move sequence %d's cache to %d: batches with a gap in the slots "
                             "stay split from now on", source.seq_id, target.seq_id)
                 self._packing = False
@@ -226,13 +270,39 @@ class Engine:
             target.cached, target.seq, seq.slot = source.cached, seq, target
             source.cached, source.seq = [], None
 
-    def run(self, active: list[Sequence]) -> list[tuple[Sequence, int]]:
-        """Evaluate every sequence that has work (one llama_decode, or in invariant mode one for the decode tokens
-        and one per prompt chunk); (sequence, sampled token) for each that got one."""
-        ctx = self.context
+    def _launch(self, lane: Lane) -> None:
+        """Evaluate every sequence of `lane` that has work: one llama_decode, left in flight (on a GPU it returns
+        before the evaluation ends); in invariant mode one for the decode tokens and one per prompt chunk, each
+        sampled before the next call overwrites the logits, the last left in flight."""
+        calls = self._calls(lane)
+        for call in calls[:-1]:
+            pending = self._decode(lane.context, call)
+            started = time.perf_counter()
+            lane.sampled += self._sample(lane.context, pending)
+            self.busy.sample_s += time.perf_counter() - started
+        lane.pending = self._decode(lane.context, calls[-1]) if calls else []
+        lane.launched = True
+        self._in_flight.append(lane)
+
+    def _collect(self, lane: Lane) -> list[tuple[Sequence, int]]:
+        """(sequence, sampled token) for each sequence of the lane's launched calls that got one."""
+        started = time.perf_counter()
+        pending = [(seq, row) for seq, row in lane.pending if seq.slot is not None]  # a finished one has no slot
+        sampled = lane.sampled + self._sample(lane.context, pending)
+        lane.pending, lane.sampled, lane.launched = [], [], False
+        self.busy.sample_s += time.perf_counter() - started
+        self.busy.sampled += len(sampled)
+        return sampled
+
+    def _calls(self, lane: Lane) -> list[list[tuple[Sequence, BatchPart]]]:
+        """The batches to evaluate for the lane's sequences: the next token of every decoding one, then prompt
+        chunks of those still prefilling, in arrival order, within n_batch; in invariant mode the decode tokens
+        and each chunk apart (module docstring). Each lists its sequences by id."""
+        ctx = lane.context
         budget = ctx.n_batch
+        mine = [seq for seq in self.active if seq.slot is not None and seq.slot.lane is lane]
         decodes: list[tuple[Sequence, BatchPart]] = []
-        for seq in list(active):
+        for seq in mine:
             if seq.next_token is None:
                 continue
             if seq.n_cached + 1 >= ctx.n_ctx_seq:
@@ -243,7 +313,7 @@ class Engine:
             decodes.append((seq, BatchPart(seq.tokens[seq.n_cached :], seq.n_cached, self._seq_id(seq), output=True)))
             budget -= 1
         prefills: list[tuple[Sequence, BatchPart]] = []
-        for seq in active:  # a decoding sequence is past its prompt: only prefilling ones take chunks
+        for seq in mine:  # a decoding sequence is past its prompt: only prefilling ones take chunks
             if not seq.prefilling:
                 continue
             take = self._chunk_size(seq, budget)
@@ -254,12 +324,8 @@ class Engine:
             prefills.append((seq, BatchPart(chunk, seq.n_cached, self._seq_id(seq), output=done)))
             budget -= take
         calls = [decodes, *([p] for p in prefills)] if self.invariant else [decodes + prefills]
-        sampled: list[tuple[Sequence, int]] = []
-        for call in calls:
-            if call:
-                # By sequence id: llama.cpp evaluates a run of consecutive ids together (module docstring).
-                sampled += self._evaluate(sorted(call, key=lambda item: item[1].seq_id))
-        return sampled
+        # By sequence id: llama.cpp evaluates a run of consecutive ids together (module docstring).
+        return [sorted(call, key=lambda item: item[1].seq_id) for call in calls if call]
 
     def _chunk_size(self, seq: Sequence, budget: int) -> int:
         """Prompt tokens of `seq` to evaluate this step, within `budget` (0: none fit). Invariant mode never
@@ -273,8 +339,9 @@ class Engine:
                 return 0
         return max(take, 0)
 
-    def _evaluate(self, call: list[tuple[Sequence, BatchPart]]) -> list[tuple[Sequence, int]]:
-        ctx = self.context
+    def _decode(self, ctx: Context, call: list[tuple[Sequence, BatchPart]]) -> list[tuple[Sequence, int]]:
+        """One llama_decode; (sequence, output row) for each part with an output. A failed call fails its
+        sequences."""
         started = time.perf_counter()
         try:
             rows = ctx.decode_parts([part for _, part in call])
@@ -290,24 +357,20 @@ class Engine:
             if not seq.prompt_done_ns:
                 seq.prompt_done_ns = time.perf_counter_ns()
             pending.append((seq, row))
-        decoded = time.perf_counter()
-        sampled = self._sample(pending)
         busy = self.busy
-        busy.decode_s += decoded - started
+        spent = time.perf_counter() - started
+        busy.decode_s += spent
         if all(len(part.tokens) == 1 for _, part in call):
             busy.pure_calls += 1
-            busy.pure_s += decoded - started
-        busy.sample_s += time.perf_counter() - decoded
+            busy.pure_s += spent
         busy.evaluated += sum(len(part.tokens) for _, part in call)
-        busy.sampled += len(sampled)
-        return sampled
+        return pending
 
-    def _sample(self, pending: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
-        """Each sequence's next token from its output row. A sampler chain reads the shared logits and changes
-        only its own state, and the ctypes call releases the GIL, so groups of sequences sample on the pool's
-        threads at once: over a 128k-262k vocabulary this was a third of the decode loop at 64 streams on an H200
-        (docs/BENCHMARKS.md)."""
-        ctx = self.context
+    def _sample(self, ctx: Context, pending: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
+        """Each sequence's next token from its output row of `ctx`. A sampler chain reads the shared logits and
+        changes only its own state, and the ctypes call releases the GIL, so groups of sequences sample on the
+        pool's threads at once: over a 128k-262k vocabulary this was a third of the decode loop at 64 streams on
+        an H200 (docs/BENCHMARKS.md)."""
         if self._pool is None or len(pending) < 2:
             return [(seq, seq.sampler.sample(ctx, row)) for seq, row in pending]
         size = -(-len(pending) // min(self._sampling_threads, len(pending)))  # contiguous groups keep batch order
@@ -368,7 +431,7 @@ class Engine:
             if keep_cache:
                 slot.cached = seq.tokens[: seq.n_cached]
             else:
-                self.context.forget(slot.seq_id, 0)
+                slot.lane.context.forget(slot.seq_id, 0)
                 slot.cached = []
             slot.seq = None
             seq.slot = None
@@ -377,7 +440,15 @@ class Engine:
         assert seq.slot is not None  # every active sequence holds a slot
         return seq.slot.seq_id
 
-    def _start(self, request_id: str, request: GenerateRequest) -> Sequence:
+    def _lane(self, seq: Sequence) -> Lane:
+        assert seq.slot is not None  # every active sequence holds a slot
+        return seq.slot.lane
+
+    def _prompt_tokens(self, request_id: str, request: GenerateRequest) -> list[int]:
+        """The request's prompt tokens (remembered for the request at the head of the queue, which may wait for a
+        slot over many steps); ContextLengthExceeded when they do not fit one sequence."""
+        if self._head is not None and self._head[0] == request_id:
+            return self._head[1]
         tokens = list(request.context) + self.model.tokenize(request.prompt, add_special=not request.context)
         n_ctx_seq = self.context.n_ctx_seq
         if not tokens:
@@ -387,23 +458,37 @@ class Engine:
                 f"the prompt has {len(tokens)} tokens but the context holds {n_ctx_seq} per request; "
                 "shorten it or raise num_ctx", param="messages"
             )
+        self._head = (request_id, tokens)
+        return tokens
+
+    def _start(self, request_id: str, request: GenerateRequest, tokens: list[int] | None = None) -> Sequence:
+        if tokens is None:
+            tokens = self._prompt_tokens(request_id, request)
+        self._head = None
         seed = request.sampling.seed if request.sampling.seed is not None else random.getrandbits(32)
         grammar = schema_grammar(request.json_schema) if request.json_schema else None
         sampler = Sampler(request.sampling, self.model.facts.n_vocab, seed, grammar=grammar, vocab=self.model.vocab)
         stop_tokens = frozenset(t for t in map(self.model.control_token, request.stop) if t is not None)
         return Sequence(request_id, request, tokens, len(tokens), sampler, TextStream(request.stop), stop_tokens)
 
-    def _place(self, seq: Sequence, free: list[Slot]) -> None:
-        """Put `seq` in the free slot whose cache shares the longest prefix with its prompt if that prefix is worth a
-        gap in the busy slots, else in the lowest free slot (module docstring); keep the prefix it shares."""
-        shared, slot = max(((common_prefix(s.cached, seq.tokens), s) for s in free), key=lambda c: (c[0], -c[1].seq_id))
-        lowest = min(free, key=lambda s: s.seq_id)
-        if shared < REUSE_MIN_TOKENS and 2 * shared < len(seq.tokens) and slot is not lowest:
-            shared, slot = common_prefix(lowest.cached, seq.tokens), lowest
+    def _choose_slot(self, tokens: list[int]) -> Slot | None:
+        """The free slot for a prompt (at least one is free): the one whose cache shares the longest prefix with it
+        if that prefix is worth a gap in the busy slots (module docstring), else the lowest free slot of the lane
+        with the fewest busy ones. None when that slot's lane is in flight: it can take the prompt once collected."""
+        free = [slot for slot in self.slots if slot.seq is None]
+        shared, slot = max(((common_prefix(s.cached, tokens), s) for s in free), key=lambda c: c[0])
+        if shared < REUSE_MIN_TOKENS and 2 * shared < len(tokens):
+            lane = min((s.lane for s in free), key=Lane.busy)  # the first such lane on a tie: min keeps the first
+            slot = next(s for s in lane.slots if s.seq is None)
+        return None if slot.lane.launched else slot
+
+    def _place(self, seq: Sequence, slot: Slot) -> None:
+        """Put `seq` in `slot`, keeping the prefix its cache shares with the prompt."""
         # The last prompt token is evaluated again: it gives the logits (in invariant mode the last two, see above).
-        common = max(0, min(shared, len(seq.tokens) - (2 if self.invariant else 1)))
-        if common == 0 or not self.context.forget(slot.seq_id, common):
-            self.context.forget(slot.seq_id, 0)
+        common = max(0, min(common_prefix(slot.cached, seq.tokens), len(seq.tokens) - (2 if self.invariant else 1)))
+        ctx = slot.lane.context
+        if common == 0 or not ctx.forget(slot.seq_id, common):
+            ctx.forget(slot.seq_id, 0)
             common = 0
         slot.cached = seq.tokens[:common]
         slot.seq = seq
@@ -459,5 +544,6 @@ class Engine:
         self.stop_sampling_threads()
         if self._embedder is not None:
             self._embedder.close()
-        self.context.close()
+        for lane in self.lanes:
+            lane.context.close()
         self.model.close()

@@ -57,6 +57,9 @@ class LoadOptions:
     # LoRA adapters (GGUF path, scale), applied in this order to every context after the model loads; one that
     # llama.cpp cannot load fails the load (runner/adapters.py).
     lora_adapters: tuple[tuple[str, float], ...] = ()
+    # Two contexts over the weights, the GPU evaluating one while the host samples the other (engine.py), where
+    # runner.pipeline_lanes allows it (every layer on a GPU, enough slots, no batch invariance).
+    pipeline: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ def test_sampling_on_several_threads_gives_what_one_thread_gives(batched: Batche
         pending = [(seq, row) for seq, row in zip(sequences, rows, strict=True) if row is not None]
         rounds = []
         for _ in range(16):  # llama_sampler_sample also records each token in its chain
-            rounds.append([token for _, token in engine._sample(pending)])
+            rounds.append([token for _, token in engine._sample(batched.context, pending)])
         tokens.append(rounds)
         for seq in sequences:
             seq.sampler.close()
