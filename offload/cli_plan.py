@@ -56,12 +56,14 @@ def plan_for(
     gpu_layers: str = "auto",
     n_ubatch: int = 512,
     gpu_limit: int | None = None,
+    pipeline: bool = False,
 ) -> Plan:
     """Pure: the plan for `gguf` on `snapshot`. A given `ctx` is forced (never shrunk); without one the
     server's default context may shrink down to DEFAULT_NUM_CTX_MIN. `gpu_layers` is the setting ("auto",
     "-1" or a count); `n_ubatch` the runner's micro-batch (it uses num_batch); `gpu_limit` caps each GPU
-    (OFFLOAD_GPU_MEMORY_LIMIT); `parallel` the slots, None for the server's "auto" rule (planner.auto_parallel).
-    Raises PlanRefused or InvalidGGUF."""
+    (OFFLOAD_GPU_MEMORY_LIMIT); `parallel` the slots, None for the server's "auto" rule (planner.auto_parallel);
+    `pipeline` the setting (a second context's compute buffers, planner/pipeline.py). Raises PlanRefused or
+    InvalidGGUF."""
     num_gpu = None if gpu_layers == "auto" else int(gpu_layers)
     n_ctx = ctx if ctx is not None else default_ctx
     memory = model_memory(gguf)
@@ -77,6 +79,7 @@ def plan_for(
             num_ctx_min=n_ctx if ctx is not None else min(DEFAULT_NUM_CTX_MIN, n_ctx),
             num_ctx_max=gguf.context_length,
             n_ubatch=n_ubatch,
+            pipeline=pipeline,
         )
 
     if parallel is not None:
@@ -159,6 +162,7 @@ def plan(
             gpu_layers=settings.gpu_layers,
             n_ubatch=settings.num_batch,
             gpu_limit=settings.gpu_memory_limit,
+            pipeline=settings.pipeline,
         )
     except PlanRefused as exc:
         if json_output:

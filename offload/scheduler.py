@@ -453,6 +453,7 @@ class Scheduler:
             parallel=parallel,
             n_ubatch=self.settings.num_batch,
             flash_attn=not self.settings.batch_invariant,
+            pipeline=self.settings.pipeline,
         )
         need = {name: use.total for name, use in usage.items()}
         return _Target(n_ctx=n_ctx, ctx_forced=ctx_forced, plan=None, need=need, parallel=parallel)
@@ -496,6 +497,7 @@ class Scheduler:
                 num_ctx_max=gguf.context_length,
                 n_ubatch=self.settings.num_batch,
                 flash_attn=not self.settings.batch_invariant,
+                pipeline=self.settings.pipeline,
                 headroom=DEFAULT_HEADROOM,
                 num_gpu=forced,
             )

@@ -33,6 +33,7 @@ from offload.planner.memory import (
     model_shape,
 )
 from offload.planner.parallel import AUTO_PARALLEL, auto_parallel
+from offload.planner.pipeline import pipeline_lanes
 
 __all__ = [
     "AUTO_PARALLEL",
@@ -58,6 +59,7 @@ __all__ = [
     "kv_cells",
     "model_memory",
     "model_shape",
+    "pipeline_lanes",
     "plan",
     "shrink_after_oom",
     "usage_of",

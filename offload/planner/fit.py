@@ -26,6 +26,7 @@ from offload.planner.memory import (
     kv_cache_per_layer,
     layer_devices,
 )
+from offload.planner.pipeline import pipeline_lanes
 
 if TYPE_CHECKING:
     from offload.hardware.devices import HardwareSnapshot
@@ -185,8 +186,12 @@ def _usage(
     kv_type: str,
     flash_attn: bool,
     n_ubatch: int,
+    pipeline: bool,
 ) -> tuple[dict[str, int], dict[str, DeviceUsage]]:
     shape = model.shape
+    # Each llama.cpp context has its own compute buffers; a pipelined load has two (planner/parallel.py).
+    full_offload = bool(gpus) and n_gpu >= model.layers_total
+    contexts = len(pipeline_lanes(parallel, full_offload=full_offload, enabled=pipeline))
     devices = layer_devices(model.layers_total, n_gpu, split, [g.name for g in gpus], CPU)
     kv = kv_cache_per_layer(shape, n_ctx=n_ctx * parallel, parallel=parallel, kv_type=kv_type, n_ubatch=n_ubatch)
     names = [g.name for g in gpus] + [CPU]
@@ -221,6 +226,7 @@ def _usage(
             )
         elif 0 < n_gpu < model.layers_total:
             compute += int((weights[name] + kv_bytes[name]) * PARTIAL_OFFLOAD_MARGIN)
+        compute *= contexts
         held = weights[name] + kv_bytes[name] + compute
         overhead = overheads.get(name, 0) if held else 0
         usage[name] = DeviceUsage(weights=weights[name], kv=kv_bytes[name], compute=compute, overhead=overhead)
@@ -238,6 +244,7 @@ def usage_of(
     headroom: int = DEFAULT_HEADROOM,
     flash_attn: bool = True,
     n_ubatch: int = 512,
+    pipeline: bool = False,
 ) -> dict[str, DeviceUsage]:
     """Expected bytes per device for a layout fixed by the caller (n_gpu layers, n_ctx per sequence), whether
     or not it fits: what a load with a forced num_gpu will take. Devices as for `plan`."""
@@ -253,6 +260,7 @@ def usage_of(
         kv_type=kv_type,
         flash_attn=flash_attn,
         n_ubatch=n_ubatch,
+        pipeline=pipeline,
     )
     return usage
 
@@ -290,6 +298,7 @@ def plan(
     num_ctx_max: int | None = None,
     flash_attn: bool = True,
     n_ubatch: int = 512,
+    pipeline: bool = False,
 ) -> Plan:
     """The plan for `model` on `devices` (GPU budgets in tensor-split order, and at most one "CPU" budget;
     without one the host is assumed unlimited).
@@ -329,6 +338,7 @@ def plan(
                 kv_type=kv_type,
                 flash_attn=flash_attn,
                 n_ubatch=n_ubatch,
+                pipeline=pipeline,
             )
             over = _overflows(usage, budgets, headroom)
             if not over:

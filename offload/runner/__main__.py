@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from offload.errors import BackendUnusable, OffloadError, OutOfMemory, RunnerStartFailed
 from offload.generation import EmbedRequest, GenerateRequest, from_wire, to_wire
 from offload.hardware.cpu import physical_cores
+from offload.planner.pipeline import pipeline_lanes
 from offload.runner.gpumem import process_gpu_memory
 from offload.runner.placement import allocation_failed, parse_load_log, parse_oom
 from offload.runner.protocol import LoadedInfo, LoadOptions, Message, SyncChannel
@@ -148,7 +149,9 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
             doing = f"loading the LoRA adapters of {name}"
             model.adapters = load_adapters(model, options.lora_adapters)
             n_ctx = _total_context(options.n_ctx, n_seq_max, model.facts.n_ctx_train)
-            lanes = pipeline_lanes(options, n_seq_max, model.facts.n_layer, bool(gpus))
+            # Every layer, the output layer too (n_layer + 1), on a GPU: the GPU evaluates while the host samples.
+            full_offload = bool(gpus) and options.n_gpu_layers >= model.facts.n_layer + 1 and options.n_ctx > 0
+            lanes = pipeline_lanes(n_seq_max, full_offload=full_offload, enabled=options.pipeline)
             contexts = []
             for slots in lanes:
                 lane_ctx = n_ctx * slots // n_seq_max
@@ -201,27 +204,6 @@ def _load(options: LoadOptions, emit: Callable[[Message], None]) -> tuple[Engine
     if pipeline:
         log.info("runner: %d slots in two pipelined contexts of %s", n_seq_max, " + ".join(map(str, lanes)))
     return engine, info
-
-
-PIPELINE_MIN_SLOTS = 8  # each of the two contexts gets at least 4 sequences
-
-
-def pipeline_lanes(options: LoadOptions, n_seq_max: int, n_layer: int, has_gpu: bool) -> tuple[int, ...]:
-    """The slots of each context: two equal halves when options.pipeline asks for it, every layer (the output
-    layer too: n_layer + 1) goes to a GPU, the context is given and there are an even number of at least
-    PIPELINE_MIN_SLOTS slots (equal halves: both contexts give a sequence the same cells); else one context of all.
-    On the CPU, or with layers on it, the host that would sample is busy evaluating: nothing to overlap."""
-    if (
-        options.pipeline
-        and not options.batch_invariant
-        and has_gpu
-        and options.n_gpu_layers >= n_layer + 1
-        and options.n_ctx > 0
-        and n_seq_max >= PIPELINE_MIN_SLOTS
-        and n_seq_max % 2 == 0
-    ):
-        return (n_seq_max // 2, n_seq_max // 2)
-    return (n_seq_max,)
 
 
 def _total_context(n_ctx: int, n_seq_max: int, n_ctx_train: int) -> int:

@@ -1,12 +1,12 @@
 """The runner's decode loop: free of sockets and asyncio, it only turns requests into emitted messages.
 
 Continuous batching: the context has `n_seq_max` sequence slots. One step =
-`schedule()` admits waiting requests into free slots and drops cancelled ones, `run()` builds one llama.cpp batch
-(the next token of every decoding sequence first, then prompt chunks of the sequences still prefilling, in
-arrival order, up to n_batch tokens) and calls llama_decode once, `postprocess()` samples each sequence's token
-from its own output row and turns it into chunks. So a request joins at the next step, a finished one leaves, and
-a long prompt delays the other streams by at most one chunk per step. A request's limit is the context's
-n_ctx_seq, the cells of its slot.
+`schedule()` admits waiting requests into free slots and drops cancelled ones, `_launch()` builds one llama.cpp
+batch (the next token of every decoding sequence first, then prompt chunks of the sequences still prefilling, in
+arrival order, up to n_batch tokens) and calls llama_decode once, `_collect()` samples each sequence's token from
+its own output row and `postprocess()` turns it into chunks. So a request joins at the next step, a finished one
+leaves, and a long prompt delays the other streams by at most one chunk per step. A request's limit is the
+context's n_ctx_seq, the cells of its slot.
 
 Batch invariance (`invariant`, config batch_invariant): a request gets the same tokens whatever is decoded beside
 it. The runner turns off the CPU kernels whose sums depend on the batch (runner/__main__.py); what is left depends
@@ -158,10 +158,9 @@ class Engine:
         pipeline: Context | None = None,
     ) -> None:
         """`sampling_threads` > 1: sequences are sampled on that many threads (see _sample). `pipeline`: a second
-        context of the same model and n_ctx_seq, evaluated while the first is sampled (module docstring); not in
-        invariant mode, whose calls must each be sampled before the next."""
-        if pipeline is not None and (invariant or pipeline.n_ctx_seq != context.n_ctx_seq):
-            raise ValueError("a pipeline context needs the first context's n_ctx_seq and no batch invariance")
+        context of the same model and n_ctx_seq, evaluated while the first is sampled (module docstring)."""
+        if pipeline is not None and pipeline.n_ctx_seq != context.n_ctx_seq:
+            raise ValueError("a pipeline context must give each sequence the first context's n_ctx_seq")
         self.model = model
         self.context = context
         self.emit = emit

@@ -58,7 +58,7 @@ class LoadOptions:
     # llama.cpp cannot load fails the load (runner/adapters.py).
     lora_adapters: tuple[tuple[str, float], ...] = ()
     # Two contexts over the weights, the GPU evaluating one while the host samples the other (engine.py), where
-    # runner.pipeline_lanes allows it (every layer on a GPU, enough slots, no batch invariance).
+    # planner.pipeline_lanes allows it (every layer on a GPU, an even number of enough slots).
     pipeline: bool = False
 
 

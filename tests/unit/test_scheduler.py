@@ -137,6 +137,17 @@ def test_load_options_come_from_settings_and_model(tmp_path: Path) -> None:
     # num_parallel "auto" on a machine whose memory is unknown: 4 slots, each with the 2048 asked for.
     assert (options.n_ctx, options.n_seq_max) == (4 * 2048, 4)
     assert factory.runners[0].name == "tiny:latest"
+    assert options.pipeline  # the setting's default; the runner decides whether the load allows it
+
+
+def test_the_pipeline_setting_reaches_the_runner(tmp_path: Path) -> None:
+    model = stored(tmp_path)
+
+    async def body(sched: Scheduler, factory: FakeRunnerFactory) -> None:
+        await collect(sched.generate(model, request()))
+
+    _, factory = run_with(tmp_path, body, pipeline=False)
+    assert factory.runners[0].options.pipeline is False
 
 
 def test_request_num_ctx_is_used_for_the_load(tmp_path: Path) -> None:
