@@ -5,6 +5,7 @@
 #  B. OFFLOAD_GPU_MEMORY_LIMIT imposed: how full the plan fills it, and that no load fails
 #  C. two models under a limit: the idle one is unloaded to make room
 #  D. out of memory: another process takes the GPU after the server planned; the load is retried smaller
+#  P. pipelined loads (two contexts): predicted vs measured at 8 and 64 slots, the pipeline setting on and off
 set -uo pipefail
 OUT=${1:-/tmp/gpu-memory}
 PARTS=${2:-A B C D}
@@ -54,10 +55,27 @@ for m in json.load(sys.stdin)['models']:
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "commit ${OFFLOAD_COMMIT:-unknown (pass OFFLOAD_COMMIT: the device's copy has no current git metadata)}"
-model 1b
-t0=$(date +%s); model 8b; echo "8b model made in $(( $(date +%s) - t0 )) s"
-
 part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+model 1b
+if part A || part B || part C || part D; then
+  t0=$(date +%s); model 8b; echo "8b model made in $(( $(date +%s) - t0 )) s"
+fi
+
+if part P; then
+echo "## P. pipelined loads: predicted vs measured"
+header=--header
+for pipeline in true false; do
+  for parallel in 8 64; do
+    serve "serve-pipe-$pipeline-p$parallel" OFFLOAD_NUM_PARALLEL=$parallel OFFLOAD_PIPELINE=$pipeline || exit 1
+    echo "pipeline $pipeline:"
+    OFFLOAD_NUM_PARALLEL=$parallel OFFLOAD_PIPELINE=$pipeline python3 scripts/gpu_plan_vs_measured.py llama1b:q4 \
+      1024,4096 $parallel $header
+    header=
+  done
+done
+grep -hE "pipelined contexts" "$OUT"/serve-pipe-*.log | sort | uniq -c
+fi
 
 if part A; then
 echo "## A. predicted vs measured"
