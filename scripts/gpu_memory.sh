@@ -54,7 +54,7 @@ for m in json.load(sys.stdin)['models']:
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-echo "commit ${OFFLOAD_COMMIT:-unknown (pass OFFLOAD_COMMIT: the device's copy has no current git metadata)}"
+echo "commit ${OFFLOAD_COMMIT:-unknown (pass OFFLOAD_COMMIT: the copy on the device has no current git metadata)}"
 part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 model 1b
@@ -125,7 +125,8 @@ hog=$!
 for _ in $(seq 1 120); do grep -q "hog holds" "$OUT/hog.txt" 2> /dev/null && break; sleep 0.5; done
 cat "$OUT/hog.txt"
 t0=$(date +%s.%N); status=$(gen llama8b:q4 '')
-echo "8b with 3 GiB free: HTTP $status in $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
+elapsed=$(awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN { printf "%.1f", t1 - t0 }')
+echo "8b with 3 GiB free: HTTP $status in $elapsed s"
 [ "$status" = 200 ] || cat "$OUT/last.json"
 ps_rows
 grep -hE "OUT OF MEMORY|retry plan|memory plan for|FALLBACK|inference compute" "$OUT/serve-oom.log" | sed 's/^/    /'
