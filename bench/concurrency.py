@@ -3,7 +3,7 @@ with llama-batched-bench (no HTTP: the engine's ceiling) and llama-bench tg (one
 same machine, one run. Not a test: it prints a table and ratios (and writes them as JSON with --json).
 
     python bench/concurrency.py [--model PATH.gguf] [--clients 1,4,16,64] [--prompt-tokens 128] [--gen 128]
-                                [--gpu] [--ref-bin DIR] [--json OUT.json]
+                                [--gpu] [--ref-bin DIR] [--rounds N] [--json OUT.json]
 
 Each client sends one streamed OpenAI /v1/completions request (temperature 0.8) with its own prompt of exactly
 --prompt-tokens tokens (cut with llama-server's tokenizer; a unique number up front so no server reuses another
@@ -14,7 +14,9 @@ clients / wall time from the first request sent to the last stream closed (promp
 sees it); tokens are counted by each server's own usage report. TTFT = send to first text. Steady decode tokens/s
 = tokens that arrive while every stream is decoding (from the last stream's first text to the first stream's last
 text) / that window: prompts excluded, as in llama-batched-bench's S_TG. Both servers get slots for the largest
-client count.
+client count and stay up together; each level runs on one, then the other, the order alternating, and --rounds N
+repeats it all with fresh prompts: the tables give medians and the range of the per-round ratio, which a machine
+whose speed drifts (a shared VM) moves far less than it moves either server's own figure.
 Without --model the starter model is used; the reference tools come from bench/build_reference.sh (or --ref-bin,
 e.g. the GPU machine's PATH).
 """
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -221,16 +224,27 @@ async def run_level(base: str, model: str, prompts: list[str], ask: Ask) -> Leve
     return level
 
 
-def measure(
-    base: str, model: str, warm: str, prompts: dict[int, list[str]], ask: Ask, profile: Profiler | None = None
-) -> dict[int, Level]:
-    """Each level in turn; `profile` records the processes during the largest one."""
-    # Page faults, allocations, graph build; a prompt of its own.
+def warm_up(base: str, model: str, warm: str, ask: Ask) -> None:
+    """Page faults, allocations, graph build: one short request with a prompt of its own."""
     asyncio.run(run_level(base, model, [warm], Ask(8, ask.banned)))
-    results = {}
-    for n, p in prompts.items():
-        with profile if profile is not None and n == max(prompts) else contextlib.nullcontext():
-            results[n] = asyncio.run(run_level(base, model, p, ask))
+
+
+def measure_rounds(
+    servers: dict[str, str], model: str, prompts: list[dict[int, list[str]]], ask: Ask,
+    profile: tuple[str, Profiler] | None = None,
+) -> dict[str, dict[int, list[Level]]]:
+    """Per server name, per level, one Level per round. Within a round each level runs on every server back to back,
+    the order alternating from level to level and round to round, so a machine whose speed drifts (a shared VM)
+    moves both sides of a ratio alike. `prompts[r]` are round r's (fresh each round: no server reuses a cached
+    prompt from an earlier round); `profile` (server name, Profiler) records that server's largest level once."""
+    names = list(servers)
+    results: dict[str, dict[int, list[Level]]] = {name: {n: [] for n in prompts[0]} for name in names}
+    for r, round_prompts in enumerate(prompts):
+        for i, (n, p) in enumerate(round_prompts.items()):
+            for name in names if (r + i) % 2 == 0 else names[::-1]:
+                recording = profile is not None and profile[0] == name and r == 0 and n == max(round_prompts)
+                with profile[1] if recording and profile is not None else contextlib.nullcontext():
+                    results[name][n].append(asyncio.run(run_level(servers[name], model, p, ask)))
     return results
 
 
@@ -263,6 +277,30 @@ class Profiler:
             proc.wait(timeout=60)
 
 
+def _ttfts(runs: list[Level]) -> str:
+    p50, p99 = (statistics.median(v.ttft(q) for v in runs) for q in (0.5, 0.99))
+    return f" {p50:>7.2f}/{p99:<6.2f}"
+
+
+def report(
+    title: str, levels: list[int], ours: dict[int, list[Level]], theirs: dict[int, list[Level]],
+    ceiling: dict[int, float], rate: Callable[[Level], float], *, ttft: bool = False,
+) -> None:
+    """One table: per level the median rate of each server over the rounds, the median and range of the per-round
+    ratio offload / llama-server, and offload's median against llama-batched-bench."""
+    print(f"\n{title}")
+    print(f"{'clients':>7} | {'offload tok/s':>13}{' TTFT p50/p99 s' if ttft else ''} | {'llama-server':>12}"
+          f"{' TTFT p50/p99 s' if ttft else ''} | {'batched-bench':>13} | {'vs server':>9} {'(range)':>11} | "
+          f"{'vs ceiling':>10}")
+    for n in levels:
+        o, t, c = statistics.median(map(rate, ours[n])), statistics.median(map(rate, theirs[n])), ceiling.get(n, 0.0)
+        ratios = [rate(a) / rate(b) for a, b in zip(ours[n], theirs[n], strict=True) if rate(b)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+        print(f"{n:>7} | {o:>13.1f}{_ttfts(ours[n]) if ttft else ''} | {t:>12.1f}{_ttfts(theirs[n]) if ttft else ''} | "
+              f"{c:>13.1f} | "
+              f"{statistics.median(ratios) if ratios else 0:>9.2f} {spread:>11} | {f'{o / c:.2f}' if c else '-':>10}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="GGUF to run (default: the starter model)")
@@ -277,6 +315,8 @@ def main() -> int:
                         help="extra environment for the offload server (repeatable)")
     parser.add_argument("--allow-eos", action="store_true",
                         help="let streams end at an end token (default: banned by logit bias, so all generate --gen)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every level this many times, the two servers back to back (default 1)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--py-spy", help="py-spy binary: profile offload's server and runner at the largest level")
     parser.add_argument("--profile-dir", type=Path, default=Path("profile"), help="where py-spy's stacks go")
@@ -296,51 +336,47 @@ def main() -> int:
             ceiling = batched_bench(tool(args.ref_bin, "llama-batched-bench"), model, args.prompt_tokens, args.gen,
                                     levels, args.threads, args.gpu)
             print(f"llama-batched-bench S_TG: {ceiling}", flush=True)
-        with llama_server(tool(args.ref_bin, "llama-server"), model, args.threads, slots=slots,
-                          ctx=ctx_per_slot * slots, gpu=args.gpu) as ref:
-            prompts = {n: make_prompts(ref, n, args.prompt_tokens, seed=n) for n in levels}
-            warm = make_prompts(ref, 1, args.prompt_tokens, seed=-1)[0]
-            theirs = measure(ref, MODEL_NAME, warm, prompts, ask)
-            print("llama-server:", {n: round(v.tokens_per_s, 1) for n, v in theirs.items()}, flush=True)
         log_to = args.profile_dir / "offload-server.log" if args.py_spy else args.server_log
         env = {"OFFLOAD_NUM_THREADS": str(args.threads), "OFFLOAD_LOG_LEVEL": "warning",
                "OFFLOAD_NUM_PARALLEL": str(slots), "OFFLOAD_NUM_CTX": str(ctx_per_slot),
                "OFFLOAD_MAX_QUEUE": str(max(64, slots)), **extra}
-        with offload_server(model, MODEL_NAME, env, log_to) as server:
-            profiler = Profiler(args.py_spy, server, args.profile_dir) if args.py_spy else None
-            ours = measure(server.base_url, MODEL_NAME, warm, prompts, ask, profiler)
-            print("offload:", {n: round(v.tokens_per_s, 1) for n, v in ours.items()}, flush=True)
+        # Both servers stay up for the whole run (an idle one takes no CPU) so that their levels can alternate.
+        with llama_server(tool(args.ref_bin, "llama-server"), model, args.threads, slots=slots,
+                          ctx=ctx_per_slot * slots, gpu=args.gpu) as ref, \
+                offload_server(model, MODEL_NAME, env, log_to) as server:
+            prompts = [{n: make_prompts(ref, n, args.prompt_tokens, seed=n + 1000 * r) for n in levels}
+                       for r in range(args.rounds)]
+            warm = make_prompts(ref, 1, args.prompt_tokens, seed=-1)[0]
+            servers = {"llama-server": ref, "offload": server.base_url}
+            for base in servers.values():
+                warm_up(base, MODEL_NAME, warm, ask)
+            profiler = ("offload", Profiler(args.py_spy, server, args.profile_dir)) if args.py_spy else None
+            results = measure_rounds(servers, MODEL_NAME, prompts, ask, profiler)
+    theirs, ours = results["llama-server"], results["offload"]
+    for name, levels_of in results.items():
+        print(f"{name}:", {n: [round(v.tokens_per_s, 1) for v in runs] for n, runs in levels_of.items()}, flush=True)
     commit = os.environ.get("OFFLOAD_COMMIT") or subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"\nmodel {model.name}, prompts {args.prompt_tokens} tokens, {args.gen} generated, temperature 0.8, "
           f"{'GPU (all layers)' if args.gpu else f'CPU {args.threads} threads'}, commit {commit}; "
-          f"llama-bench tg{args.gen} {tg:.1f} tok/s")
-    print(f"{'clients':>7} | {'offload tok/s':>13} {'TTFT p50/p99 s':>15} | {'llama-server':>12} "
-          f"{'TTFT p50/p99 s':>15} | {'batched-bench':>13} | {'vs server':>9} {'vs ceiling':>10}")
-    for n in levels:
-        o, t, c = ours[n], theirs[n], ceiling.get(n, 0.0)
-        vs_ceiling = f"{o.tokens_per_s / c:.2f}" if c else "-"
-        print(f"{n:>7} | {o.tokens_per_s:>13.1f} {o.ttft(0.5):>7.2f}/{o.ttft(0.99):<7.2f} | {t.tokens_per_s:>12.1f} "
-              f"{t.ttft(0.5):>7.2f}/{t.ttft(0.99):<7.2f} | {c:>13.1f} | {o.tokens_per_s / t.tokens_per_s:>9.2f} "
-              f"{vs_ceiling:>10}")
-    print("\nsteady decode (every stream past its prompt, none finished: what llama-batched-bench's S_TG measures)")
-    print(f"{'clients':>7} | {'offload tok/s':>13} | {'llama-server':>12} | {'batched-bench':>13} | {'vs server':>9} "
-          f"{'vs ceiling':>10}")
-    for n in levels:
-        o_s, t_s, c = ours[n].steady_tokens_per_s, theirs[n].steady_tokens_per_s, ceiling.get(n, 0.0)
-        print(f"{n:>7} | {o_s:>13.1f} | {t_s:>12.1f} | {c:>13.1f} | {o_s / t_s if t_s else 0:>9.2f} "
-              f"{f'{o_s / c:.2f}' if c else '-':>10}")
+          f"llama-bench tg{args.gen} {tg:.1f} tok/s; {args.rounds} round(s): medians, and the range of the "
+          "per-round ratio (both servers measured back to back)")
+    report("end to end (prompts included)", levels, ours, theirs, ceiling, lambda v: v.tokens_per_s, ttft=True)
+    report("steady decode (every stream past its prompt, none finished: what llama-batched-bench's S_TG measures)",
+           levels, ours, theirs, ceiling, lambda v: v.steady_tokens_per_s)
     single = min(levels)
-    print(f"{single} client(s), decode rate first to last text: offload {ours[single].decode_rate:.1f}, llama-server "
-          f"{theirs[single].decode_rate:.1f} tok/s; offload vs llama-bench tg: {ours[single].decode_rate / tg:.2f} "
-          "(target >= 0.95)")
+    ours_rate = statistics.median(v.decode_rate for v in ours[single])
+    theirs_rate = statistics.median(v.decode_rate for v in theirs[single])
+    print(f"{single} client(s), decode rate first to last text: offload {ours_rate:.1f}, llama-server "
+          f"{theirs_rate:.1f} tok/s; offload vs llama-bench tg: {ours_rate / tg:.2f} (target >= 0.95)")
     if args.json:
+        def runs(levels_of: dict[int, list[Level]]) -> dict[int, list[dict[str, object]]]:
+            return {n: [asdict(v) | {"tokens_per_s": v.tokens_per_s, "steady_tokens_per_s": v.steady_tokens_per_s}
+                        for v in vs] for n, vs in levels_of.items()}
+
         args.json.write_text(json.dumps({
             "commit": commit, "model": str(model), "gpu": args.gpu, "llama_bench_tg": tg, "batched_bench": ceiling,
-            "offload": {n: asdict(v) | {"tokens_per_s": v.tokens_per_s, "steady_tokens_per_s": v.steady_tokens_per_s}
-                        for n, v in ours.items()},
-            "llama_server": {n: asdict(v) | {"tokens_per_s": v.tokens_per_s,
-                                             "steady_tokens_per_s": v.steady_tokens_per_s} for n, v in theirs.items()},
+            "rounds": args.rounds, "offload": runs(ours), "llama_server": runs(theirs),
         }, indent=1))
     return 0
 
