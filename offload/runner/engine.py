@@ -34,7 +34,8 @@ H200 that was half of each step (docs/BENCHMARKS.md). With two contexts ("lanes"
 host samples one lane while the GPU evaluates the other: a step launches every lane that is not in flight, then
 collects (samples, emits) the one launched first. A lane in flight is left alone until it is collected: no request
 joins it, nothing of it is cancelled, moved or forgotten, since its batch is still being evaluated. With one lane a
-step launches and collects it, as without pipelining.
+step launches and collects it, as without pipelining. New requests fill the first lane before the second
+(_choose_slot says why), so below half the slots nothing is split.
 """
 
 from __future__ import annotations
@@ -121,9 +122,6 @@ class Lane:
     launched: bool = False
     pending: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, output row) to sample
     sampled: list[tuple[Sequence, int]] = field(default_factory=list)  # sampled already (invariant mode's calls)
-
-    def busy(self) -> int:
-        return sum(slot.seq is not None for slot in self.slots)
 
 
 @dataclass(eq=False)
@@ -472,13 +470,19 @@ class Engine:
 
     def _choose_slot(self, tokens: list[int]) -> Slot | None:
         """The free slot for a prompt (at least one is free): the one whose cache shares the longest prefix with it
-        if that prefix is worth a gap in the busy slots (module docstring), else the lowest free slot of the lane
-        with the fewest busy ones. None when that slot's lane is in flight: it can take the prompt once collected."""
+        if that prefix is worth a gap in the busy slots (module docstring), else the lowest free slot of the first
+        lane that has one: the second lane fills only once the first is full (below). None when that slot's lane is
+        in flight: it can take the prompt once collected.
+
+        Why fill the first lane first: each lane's evaluation reads all the weights. Where a step's GPU time is set
+        by the weights (a large model, few rows), two half batches cost the GPU nearly twice one full batch, more
+        than the host time the overlap hides: an 8B model at 16 streams split 8 + 8 decoded at 0.79x llama-server
+        (docs/BENCHMARKS.md). With the first lane full there are as many rows as the lane holds, where the split
+        pays at any model size measured."""
         free = [slot for slot in self.slots if slot.seq is None]
         shared, slot = max(((common_prefix(s.cached, tokens), s) for s in free), key=lambda c: c[0])
         if shared < REUSE_MIN_TOKENS and 2 * shared < len(tokens):
-            lane = min((s.lane for s in free), key=Lane.busy)  # the first such lane on a tie: min keeps the first
-            slot = next(s for s in lane.slots if s.seq is None)
+            slot = free[0]  # self.slots lists the first lane's slots first, each lane's by id
         return None if slot.lane.launched else slot
 
     def _place(self, seq: Sequence, slot: Slot) -> None:

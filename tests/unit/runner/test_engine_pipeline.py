@@ -1,7 +1,7 @@
 """Pipelining: the engine's slots split over two contexts of the real starter model (engine.py). In batch-invariant
 mode every request still gets exactly what it gets alone, streams that move within a lane too; a lane in flight is
-never touched; requests spread over both lanes; a stream cancelled while its lane is in flight ends and frees
-its slot."""
+never touched; the first lane fills before the second; a stream cancelled while its lane is in flight ends and
+frees its slot."""
 
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ def test_pipelined_streams_give_what_each_gives_alone(starter_model: Path) -> No
 
 
 def test_streams_moved_within_a_lane_give_what_they_give_alone(starter_model: Path) -> None:
-    """Requests alternate between the lanes; in each, the stream in slot 1 ends early and the one in slot 3 moves
-    down into it (cache copied): texts still identical."""
-    lengths = [20, 20, 2, 3, 20, 20, 20, 20]
+    """Requests 0-3 fill the first lane, 4-7 the second; in the first the stream in slot 1 ends early, in the second
+    the one in slot 2, and each lane's stream in slot 3 moves down into the gap (cache copied): texts still
+    identical."""
+    lengths = [20, 2, 20, 20, 20, 20, 3, 20]
     result = probe(starter_model, lengths)
     assert [count for _, count in result["alone"]] == lengths
     assert result["together"] == result["alone"]
@@ -73,13 +74,18 @@ def two_lanes(starter_model: Path) -> Iterator[tuple[Model, Context, Context]]:
     model.close()
 
 
-def test_requests_spread_over_both_lanes(two_lanes: tuple[Model, Context, Context]) -> None:
+def test_the_first_lane_fills_before_the_second(two_lanes: tuple[Model, Context, Context]) -> None:
+    """Below half the slots nothing is split (engine._choose_slot says why); past it the second lane takes the rest."""
     model, first, second = two_lanes
     engine = Engine(model, first, Run(), n_threads=physical_cores(), pipeline=second)
-    for i in range(6):
+    for i in range(3):
         engine.submit(f"s{i}", request(i, num_predict=2))
     engine.schedule()
-    assert [lane.busy() for lane in engine.lanes] == [3, 3]
+    assert [sum(slot.seq is not None for slot in lane.slots) for lane in engine.lanes] == [3, 0]
+    for i in range(3, 6):
+        engine.submit(f"s{i}", request(i, num_predict=2))
+    engine.schedule()
+    assert [sum(slot.seq is not None for slot in lane.slots) for lane in engine.lanes] == [4, 2]
     drain(engine)
 
 
