@@ -366,8 +366,8 @@ class Engine:
     def _sample(self, ctx: Context, pending: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
         """Each sequence's next token from its output row of `ctx`. A sampler chain reads the shared logits and
         changes only its own state, and the ctypes call releases the GIL, so groups of sequences sample on the
-        pool's threads at once: over a 128k-262k vocabulary this was a third of the decode loop at 64 streams on
-        an H200 (docs/BENCHMARKS.md)."""
+        pool's threads at once: at 64 streams on an H200 (a 32k vocabulary) sampling one after another was a third
+        of the decode loop (docs/BENCHMARKS.md)."""
         if self._pool is None or len(pending) < 2:
             return [(seq, seq.sampler.sample(ctx, row)) for seq, row in pending]
         size = -(-len(pending) // min(self._sampling_threads, len(pending)))  # contiguous groups keep batch order
