@@ -29,8 +29,14 @@ def refuses_connections(port: int) -> bool:
     return True
 
 
-async def stream(client: httpx.AsyncClient, num_predict: int, started: asyncio.Event) -> list[dict[str, Any]]:
-    body = {"model": MODEL, "prompt": "Tell me a story.", "options": {"num_predict": num_predict}}
+# The long stream must still be running when the grace ends: greedy counting, which the starter model continues for
+# hundreds of tokens without an end token (a sampled story ended on its own before the signal once in a full run).
+LONG = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True,
+        "options": {"num_predict": 100_000, "temperature": 0}}
+SHORT = {"model": MODEL, "prompt": "Tell me a story.", "options": {"num_predict": 4}}
+
+
+async def stream(client: httpx.AsyncClient, body: dict[str, Any], started: asyncio.Event) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
     async with client.stream("POST", "/api/generate", json=body) as reply:
         assert reply.status_code == 200
@@ -45,9 +51,9 @@ async def terminate_during_streams(server: ServerProcess) -> tuple[list[dict[str
     assert server.proc is not None
     async with httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as client:
         long_started, short_started = asyncio.Event(), asyncio.Event()
-        long = asyncio.create_task(stream(client, 100_000, long_started))  # capped by the context: a minute or more
+        long = asyncio.create_task(stream(client, LONG, long_started))  # capped by the context: a minute or more
         await asyncio.wait_for(long_started.wait(), TIMEOUT)
-        short = asyncio.create_task(stream(client, 4, short_started))
+        short = asyncio.create_task(stream(client, SHORT, short_started))
         await asyncio.wait_for(short_started.wait(), TIMEOUT)
         server.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + TIMEOUT
