@@ -189,7 +189,7 @@ def _usage(
     pipeline: bool,
 ) -> tuple[dict[str, int], dict[str, DeviceUsage]]:
     shape = model.shape
-    # Each llama.cpp context has its own compute buffers; a pipelined load has two (planner/parallel.py).
+    # Each llama.cpp context has its own compute buffers; a pipelined load has two (planner/pipeline.py).
     full_offload = bool(gpus) and n_gpu >= model.layers_total
     contexts = len(pipeline_lanes(parallel, full_offload=full_offload, enabled=pipeline))
     devices = layer_devices(model.layers_total, n_gpu, split, [g.name for g in gpus], CPU)

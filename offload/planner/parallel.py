@@ -37,4 +37,3 @@ def auto_parallel(plan_with: PlanWith, wanted_ctx: int) -> Plan:
         if candidate.n_gpu_layers == one.n_gpu_layers and candidate.n_ctx >= wanted_ctx:
             return candidate
     return one
-

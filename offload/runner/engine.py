@@ -225,7 +225,7 @@ class Engine:
     def schedule(self) -> list[Sequence]:
         """Drop cancelled sequences, admit waiting requests into free slots of lanes not in flight; the active
         sequences."""
-        for seq in [s for s in self.active if s.id in self.cancelled and not self._lane(s).launched]:
+        for seq in [s for s in self.active if s.id in self.cancelled and s.slot and not s.slot.lane.launched]:
             self.finish(seq, "cancel")
         while self.waiting and any(slot.seq is None for slot in self.slots):
             request_id, request = self.waiting[0]
@@ -436,10 +436,6 @@ class Engine:
     def _seq_id(self, seq: Sequence) -> int:
         assert seq.slot is not None  # every active sequence holds a slot
         return seq.slot.seq_id
-
-    def _lane(self, seq: Sequence) -> Lane:
-        assert seq.slot is not None  # every active sequence holds a slot
-        return seq.slot.lane
 
     def _prompt_tokens(self, request_id: str, request: GenerateRequest) -> list[int]:
         """The request's prompt tokens (remembered for the request at the head of the queue, which may wait for a
