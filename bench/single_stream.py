@@ -70,6 +70,42 @@ def engine_run(model: Model, ctx: Context, prompt: list[int], gen: int, threads:
     return stamps[-2] - stamps[0] if len(stamps) > 2 else float("nan")
 
 
+def measure(model: Model, slots: int, prompt: list[int], gen: int, runs: int, threads: int) -> None:
+    """Print each row's rate in a context of `slots` sequences."""
+    vocab = model.facts.n_vocab
+    fixed = prompt[1]
+    ctx = Context(model, n_ctx=(len(prompt) + gen + 64) * slots, n_batch=512, n_threads=threads, n_seq_max=slots)
+    greedy = Sampler(GREEDY, vocab, 1)
+    sampled = Sampler(SAMPLED, vocab, 1)
+
+    def sync() -> int:
+        C.llama_synchronize(ctx.handle)
+        return fixed
+
+    def logits() -> int:
+        C.llama_get_logits_ith(ctx.handle, -1)
+        return fixed
+
+    rows: dict[str, Callable[[], float]] = {
+        "decode": lambda: token_loop(ctx, prompt, gen, sync),
+        "logits": lambda: token_loop(ctx, prompt, gen, logits),
+        "greedy": lambda: token_loop(ctx, prompt, gen, lambda: greedy.sample(ctx)),
+        "sampled": lambda: token_loop(ctx, prompt, gen, lambda: sampled.sample(ctx)),
+        "engine": lambda: engine_run(model, ctx, prompt, gen, threads),
+    }
+    base = 0.0
+    for name, run in rows.items():
+        run()  # warm: CUDA graphs, buffers
+        seconds = statistics.median(run() for _ in range(runs))
+        per_token = seconds / gen * 1000
+        base = base or per_token
+        print(f"slots {slots:3d} {name:8s} {gen / seconds:9.1f} tok/s {per_token:7.3f} ms/token "
+              f"(+{per_token - base:.3f})", flush=True)
+    greedy.close()
+    sampled.close()
+    ctx.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
@@ -84,41 +120,9 @@ def main() -> int:
     vocab = model.facts.n_vocab
     rng = random.Random(0)
     prompt = [rng.randrange(100, min(vocab, 30000)) for _ in range(args.prompt_tokens)]
-    fixed = prompt[1]
-    gen = args.gen
-    print(f"{args.model.name}: vocab {vocab}, prompt {len(prompt)}, {gen} tokens, median of {args.runs} runs")
+    print(f"{args.model.name}: vocab {vocab}, prompt {len(prompt)}, {args.gen} tokens, median of {args.runs} runs")
     for slots in [int(x) for x in args.slots.split(",")]:
-        ctx = Context(model, n_ctx=(args.prompt_tokens + gen + 64) * slots, n_batch=512, n_threads=args.threads,
-                      n_seq_max=slots)
-        greedy = Sampler(GREEDY, vocab, 1)
-        sampled = Sampler(SAMPLED, vocab, 1)
-
-        def sync() -> int:
-            C.llama_synchronize(ctx.handle)
-            return fixed
-
-        def logits() -> int:
-            C.llama_get_logits_ith(ctx.handle, -1)
-            return fixed
-
-        rows: dict[str, Callable[[], float]] = {
-            "decode": lambda: token_loop(ctx, prompt, gen, sync),
-            "logits": lambda: token_loop(ctx, prompt, gen, logits),
-            "greedy": lambda: token_loop(ctx, prompt, gen, lambda: greedy.sample(ctx)),
-            "sampled": lambda: token_loop(ctx, prompt, gen, lambda: sampled.sample(ctx)),
-            "engine": lambda: engine_run(model, ctx, prompt, gen, args.threads),
-        }
-        base = 0.0
-        for name, run in rows.items():
-            run()  # warm: CUDA graphs, buffers
-            seconds = statistics.median(run() for _ in range(args.runs))
-            per_token = seconds / gen * 1000
-            base = base or per_token
-            print(f"slots {slots:3d} {name:8s} {gen / seconds:9.1f} tok/s {per_token:7.3f} ms/token "
-                  f"(+{per_token - base:.3f})", flush=True)
-        greedy.close()
-        sampled.close()
-        ctx.close()
+        measure(model, slots, prompt, args.gen, args.runs, args.threads)
     return 0
 
 
