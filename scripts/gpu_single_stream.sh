@@ -22,4 +22,4 @@ for args in "-fa 0" "-fa 1" "-fa 1 -d 128"; do
 done
 echo "llama-batched-bench one sequence"
 llama-batched-bench -m $M -c 16640 -b 2048 -ub 512 -npp 128 -ntg 128 -npl 1,1 -ngl 99 -fa on 2>/dev/null | grep -E "^\|"
-python3 bench/single_stream.py $M --slots 1,32,64 --runs 5 2>&1 | grep -E "^slots|vocab"
+python3 bench/single_stream.py $M --slots 1,32,64 --runs 5 2>&1 | grep -E "^slots|: vocab [0-9]"
