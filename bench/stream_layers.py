@@ -9,7 +9,7 @@ Rows, each after a P-token prompt, G tokens, median of R runs:
   sampled  + offload's Sampler at temperature 0.8, top_k 40, top_p 0.9 (the benchmark's settings)
   engine   offload.runner.engine.Engine with one request of those settings (scheduling, text, frames built)
 
-    python bench/single_stream.py MODEL.gguf [--slots 1,32] [--prompt-tokens 128] [--gen 128] [--runs 3]
+    python bench/stream_layers.py MODEL.gguf [--slots 1,32] [--prompt-tokens 128] [--gen 128] [--runs 3]
 """
 
 from __future__ import annotations
