@@ -106,7 +106,14 @@ class Metrics:
             "offload_http_requests_in_progress", "HTTP requests being answered now.", registry=self.registry
         )
         self.prompt_tokens = Counter(
-            "offload_prompt_tokens", "Prompt tokens evaluated.", ["model"], registry=self.registry
+            "offload_prompt_tokens", "Prompt tokens of answered requests, cached ones included.", ["model"],
+            registry=self.registry,
+        )
+        self.cached_tokens = Counter(
+            "offload_prompt_cached_tokens",
+            "Prompt tokens taken from the KV cache of an earlier request (prefix reuse), so not evaluated.",
+            ["model"],
+            registry=self.registry,
         )
         self.generated_tokens = Counter(
             "offload_generated_tokens", "Tokens generated.", ["model"], registry=self.registry
@@ -135,6 +142,7 @@ class Metrics:
 
     def observe_final(self, model: str, chunk: Chunk) -> None:
         self.prompt_tokens.labels(model=model).inc(chunk.prompt_eval_count)
+        self.cached_tokens.labels(model=model).inc(chunk.prompt_cached_count)
         self.generated_tokens.labels(model=model).inc(chunk.eval_count)
 
     def observe_embedding(self, model: str, prompt_tokens: int) -> None:

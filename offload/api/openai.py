@@ -32,11 +32,13 @@ def finish_reason(chunk: Chunk) -> str:
     return "length" if chunk.done_reason == "length" else "stop"
 
 
-def usage(chunk: Chunk) -> dict[str, int]:
+def usage(chunk: Chunk) -> dict[str, Any]:
+    """OpenAI's usage object; `cached_tokens`: prompt tokens reused from an earlier request's KV cache."""
     return {
         "prompt_tokens": chunk.prompt_eval_count,
         "completion_tokens": chunk.eval_count,
         "total_tokens": chunk.prompt_eval_count + chunk.eval_count,
+        "prompt_tokens_details": {"cached_tokens": chunk.prompt_cached_count},
     }
 
 

@@ -75,6 +75,7 @@ class Sequence:
     stop_tokens: frozenset[int]  # control tokens named as stop strings: they render as no text, so match by id
     slot: Slot | None = None
     n_cached: int = 0  # tokens of `tokens` already in the KV cache
+    n_reused: int = 0  # prompt tokens found in the slot's cache when placed (not evaluated)
     n_generated: int = 0
     next_token: int | None = None  # sampled, not yet decoded
     started_ns: int = field(default_factory=time.perf_counter_ns)
@@ -405,6 +406,7 @@ class Engine:
             done=True,
             done_reason=reason,
             prompt_eval_count=seq.n_prompt,
+            prompt_cached_count=seq.n_reused,
             prompt_eval_duration=prompt_done - seq.started_ns,
             eval_count=seq.n_generated,
             eval_duration=now - prompt_done,
@@ -492,7 +494,7 @@ class Engine:
         slot.cached = seq.tokens[:common]
         slot.seq = seq
         seq.slot = slot
-        seq.n_cached = common
+        seq.n_cached = seq.n_reused = common
 
     # ---- one-shot requests ---------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

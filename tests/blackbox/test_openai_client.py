@@ -43,6 +43,23 @@ def test_chat_completion_is_deterministic_with_seed(client: openai.OpenAI) -> No
     assert first.usage.total_tokens == first.usage.prompt_tokens + 10
 
 
+def test_a_conversations_next_turn_reuses_the_cached_prompt(client: openai.OpenAI) -> None:
+    """Prefix reuse seen from the client: the second turn's usage counts the first turn's prompt as cached
+    (OpenAI's `prompt_tokens_details.cached_tokens`), and only the rest is evaluated."""
+    history: list[openai.types.chat.ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Name a large animal that lives in the ocean, in one word."}
+    ]
+    first = client.chat.completions.create(model=MODEL, messages=history, temperature=0, max_tokens=8)
+    reply = first.choices[0].message.content or ""
+    history += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And a small one?"}]
+    second = client.chat.completions.create(model=MODEL, messages=history, temperature=0, max_tokens=8)
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached is not None
+    assert first.usage.prompt_tokens - 1 <= cached < second.usage.prompt_tokens
+
+
 def test_streamed_chat_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=MODEL,

@@ -27,6 +27,7 @@ def default_script(request: GenerateRequest) -> list[Chunk]:
             done=True,
             done_reason="stop",
             prompt_eval_count=5,
+            prompt_cached_count=2,
             prompt_eval_duration=1_000,
             eval_count=3,
             eval_duration=2_000,

@@ -79,6 +79,7 @@ def test_metrics(client: TestClient) -> None:
     assert 'offload_http_requests_total{method="POST",route="/api/generate",status="404"} 1.0' in text
     assert 'offload_generated_tokens_total{model="tiny:latest"} 3.0' in text
     assert 'offload_prompt_tokens_total{model="tiny:latest"} 5.0' in text
+    assert 'offload_prompt_cached_tokens_total{model="tiny:latest"} 2.0' in text
     assert 'offload_time_to_first_token_seconds_count{model="tiny:latest"} 1.0' in text
 
 

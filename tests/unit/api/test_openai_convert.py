@@ -17,7 +17,7 @@ from offload.models.names import parse_name
 from offload.models.store import StoredModel
 from offload.models.templates import ChatMessage
 
-FINAL = Chunk(done=True, done_reason="length", prompt_eval_count=4, eval_count=2)
+FINAL = Chunk(done=True, done_reason="length", prompt_eval_count=4, prompt_cached_count=3, eval_count=2)
 
 
 def _chat(**fields: Any) -> OpenAIChat:
@@ -41,7 +41,12 @@ def test_chat_completion() -> None:
                 "finish_reason": "length",
             }
         ],
-        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+        "usage": {
+            "prompt_tokens": 4,
+            "completion_tokens": 2,
+            "total_tokens": 6,
+            "prompt_tokens_details": {"cached_tokens": 3},
+        },
     }
 
 

@@ -44,7 +44,9 @@ def test_chat_completion(client: TestClient, scheduler: FakeScheduler) -> None:
             "finish_reason": "stop",
         }
     ]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 2}
+    }
     request = scheduler.requests[0]
     assert request.prompt == "<|system|>Be brief.\n<|user|>hi\n<|assistant|>"
     assert request.num_predict == 7
@@ -84,7 +86,9 @@ def test_chat_completion_stream_with_usage(client: TestClient) -> None:
     assert got[-1] == "[DONE]"
     usage = got[-2]
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert usage["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 2}
+    }
     assert got[-3]["choices"][0]["finish_reason"] == "stop"
     assert all(c["usage"] is None for c in got[:-2])
 

@@ -201,11 +201,14 @@ def test_prefix_reuse(loaded: Loaded) -> None:
     n_first, n_second = len(loaded.model.tokenize(PROMPT)), len(loaded.model.tokenize(longer))
     engine.submit("turn2", GenerateRequest(model="m", prompt=longer, sampling=GREEDY, num_predict=2))
     (seq,) = engine.schedule()
-    assert 0 < seq.n_cached <= n_first
-    assert seq.n_cached < n_second  # at least the last prompt token is evaluated again for its logits
+    reused = seq.n_cached
+    assert 0 < reused <= n_first
+    assert reused < n_second  # at least the last prompt token is evaluated again for its logits
     drain(engine)
     final = run.final("turn2")
     assert final["prompt_eval_count"] == n_second
+    assert final["prompt_cached_count"] == reused  # what the API reports as cached prompt tokens
+    assert run.final("turn1")["prompt_cached_count"] == 0
     assert final["eval_count"] == 2
 
 
