@@ -168,3 +168,31 @@ def test_curl_style_chat_streams_ndjson(server: ServerProcess) -> None:
     assert lines[-1]["done"] is True
     assert lines[-1]["done_reason"] in {"stop", "length"}
     assert "".join(line["message"]["content"] for line in lines).strip()
+
+
+def test_structured_output_with_a_pydantic_schema_and_json_mode(client: ollama.Client) -> None:
+    """Ollama's documented way: `format=Model.model_json_schema()`, streamed, then validated by the same model; and
+    `format="json"` gives a JSON object."""
+    import json
+
+    from pydantic import BaseModel
+
+    class Pet(BaseModel):
+        name: str
+        kind: str
+        age: int
+        vaccinated: bool
+
+    stream = client.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a pet as JSON."}],
+        format=Pet.model_json_schema(),
+        options={"temperature": 0.8, "seed": 5, "num_predict": 96},
+        stream=True,
+    )
+    parts = [chunk.message.content or "" for chunk in stream]
+    pet = Pet.model_validate_json("".join(parts))
+    assert pet.name and pet.kind
+    reply = client.generate(model=MODEL, prompt="Give a person's name and age as JSON.", format="json",
+                            options={"temperature": 0, "num_predict": 64})
+    assert isinstance(json.loads(text(reply.response)), dict)
