@@ -62,7 +62,7 @@ class Chunk:
     text: str = ""
     done: bool = False
     done_reason: DoneReason | None = None
-    prompt_eval_count: int = 0  # the whole prompt, cached part included (Ollama's meaning since 0.30)
+    prompt_eval_count: int = 0  # the whole prompt, cached part included (as Ollama reports it)
     prompt_cached_count: int = 0  # of those, tokens taken from the KV cache of an earlier request (prefix reuse)
     prompt_eval_duration: int = 0
     eval_count: int = 0
