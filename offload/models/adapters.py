@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from offload.errors import InvalidAdapter
 from offload.models.gguf import GGUFFile, TensorInfo
+from offload.models.modelfile import shown
 
 _A, _B = ".lora_a", ".lora_b"
 _SKIPPED = "_norm.weight"  # llama.cpp ignores norm vectors in adapters (no support yet)
@@ -44,16 +45,16 @@ def check_adapter(adapter: GGUFFile, base: GGUFFile, label: str = "adapter") -> 
     meta = adapter.metadata
     kind = meta.get("general.type")
     if kind != "adapter":
-        raise refuse(f'not a LoRA adapter: general.type is {_shown(kind)}, expected "adapter"')
+        raise refuse(f'not a LoRA adapter: general.type is {shown(kind)}, expected "adapter"')
     adapter_type = meta.get("adapter.type")
     if adapter_type != "lora":
-        raise refuse(f'adapter.type is {_shown(adapter_type)}; only "lora" adapters are supported')
+        raise refuse(f'adapter.type is {shown(adapter_type)}; only "lora" adapters are supported')
     arch = meta.get("general.architecture")
     if arch != base.architecture:
-        raise refuse(f"it is for architecture {_shown(arch)} but the base model is {base.architecture!r}")
+        raise refuse(f"it is for architecture {shown(arch)} but the base model is {base.architecture!r}")
     alpha = meta.get("adapter.lora.alpha")
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, float)):
-        raise refuse(f"adapter.lora.alpha must be a float, got {_shown(alpha)}")
+        raise refuse(f"adapter.lora.alpha must be a float, got {shown(alpha)}")
     pairs = _pairs(adapter, refuse)
     if not pairs:
         raise refuse("it holds no lora_a/lora_b tensor pairs")
@@ -107,8 +108,3 @@ def _check_shapes(name: str, weight: TensorInfo, a: TensorInfo, b: TensorInfo, f
             "(an adapter for another model size?)"
         )
     return rank
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."

@@ -7,8 +7,9 @@ changed, and a scan is reused for `ttl` seconds (clients poll /api/tags). A scan
 finds: a file that cannot serve is listed as broken, with the reason.
 
 Names: each source proposes its own (found.py, the source modules). When two propose the same name, the
-first usable one in SOURCE_ORDER serves it (the store, consulted before discovery, comes before all) and the
-others are listed as shadowed. Broken entries claim no name.
+first usable one in source order (`DiscoveryRoots.by_source`: model paths, Ollama, Hugging Face, LM Studio)
+serves it (the store, consulted before discovery, comes before all) and the others are listed as shadowed.
+Broken entries claim no name.
 
 Roots are injected (`DiscoveryRoots`); `roots_from` computes the defaults from the settings and the
 environment variables the other tools define (OLLAMA_MODELS, HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME).
@@ -50,7 +51,6 @@ from offload.models.names import ModelName, parse_name
 
 log = logging.getLogger(__name__)
 
-DISCOVERABLE = (SOURCE_OLLAMA, SOURCE_HF, SOURCE_LMSTUDIO)  # on by default; model paths are on when given
 _CHECK_CACHE_SIZE = 4096
 DEFAULT_LIMITS = ScanLimits()
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
@@ -74,6 +74,7 @@ class DiscoveryRoots:
     lmstudio: tuple[Path, ...] = ()
 
     def by_source(self) -> list[tuple[str, tuple[Path, ...]]]:
+        """Each source and its folders, in the order that decides which serves a name two of them propose."""
         return [
             (SOURCE_PATH, self.model_paths),
             (SOURCE_OLLAMA, self.ollama),
@@ -246,7 +247,7 @@ class Discovery:
 
 
 def _shadow(entries: list[FoundModel]) -> list[FoundModel]:
-    """`entries` (in scan order: SOURCE_ORDER, then each source's own) with every usable entry whose name an
+    """`entries` (in scan order: DiscoveryRoots.by_source, then each source's own) with every usable entry whose name an
     earlier usable one took marked shadowed."""
     taken: dict[ModelName, str] = {}
     out: list[FoundModel] = []

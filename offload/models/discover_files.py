@@ -12,30 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from offload.models.discover_walk import (
-    GGUFGroup,
-    ScanBudget,
-    group_parts,
-    is_projector,
-    name_part,
-    repo_tags,
-    walk_ggufs,
-)
+from offload.models.discover_walk import GGUFGroup, ScanBudget, model_groups, name_part, repo_tags
 from offload.models.found import SOURCE_LMSTUDIO, SOURCE_PATH, Candidate
 
 _LMSTUDIO_DEPTH = 3  # publisher / repo / one folder more
 
 
 def path_candidates(root: Path, budget: ScanBudget) -> Iterator[Candidate]:
-    groups = group_parts([p for p in walk_ggufs(root, budget) if not is_projector(p)])
-    for group in groups:
+    for group in model_groups(root, budget):
         yield _candidate(SOURCE_PATH, _part(group.stem), group)
 
 
 def lmstudio_candidates(root: Path, budget: ScanBudget) -> Iterator[Candidate]:
-    paths = [p for p in walk_ggufs(root, budget, max_depth=_LMSTUDIO_DEPTH) if not is_projector(p)]
     by_repo: dict[tuple[str, ...], list[GGUFGroup]] = {}
-    for group in group_parts(paths):
+    for group in model_groups(root, budget, max_depth=_LMSTUDIO_DEPTH):
         folders = group.path.parent.relative_to(root).parts
         by_repo.setdefault(tuple(folders[:2]), []).append(group)
     for folders, groups in sorted(by_repo.items()):

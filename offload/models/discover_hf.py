@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from offload.models.discover_walk import ScanBudget, group_parts, is_projector, repo_tags, walk_ggufs
+from offload.models.discover_walk import ScanBudget, model_groups, repo_tags
 from offload.models.found import SOURCE_HF, Candidate
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -31,8 +31,7 @@ def hf_candidates(hub: Path, budget: ScanBudget) -> Iterator[Candidate]:
         repo_id = repo_dir.name.removeprefix("models--").replace("--", "/")
         seen: set[str] = set()
         for snapshot in _snapshots(repo_dir):
-            paths = [p for p in walk_ggufs(snapshot, budget, max_depth=_SNAPSHOT_DEPTH) if not is_projector(p)]
-            groups = group_parts(paths)
+            groups = model_groups(snapshot, budget, max_depth=_SNAPSHOT_DEPTH)
             for group, tag in zip(groups, repo_tags([g.stem for g in groups]), strict=True):
                 name = f"hf.co/{repo_id}:{tag or group.stem}"
                 if name in seen:

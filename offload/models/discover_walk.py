@@ -122,6 +122,11 @@ class GGUFGroup:
     problem: str | None = None
 
 
+def model_groups(root: Path, budget: ScanBudget, *, max_depth: int | None = None) -> list[GGUFGroup]:
+    """The models under `root` (walk_ggufs): vision projectors left out, a split model's parts as one group."""
+    return group_parts([path for path in walk_ggufs(root, budget, max_depth=max_depth) if not is_projector(path)])
+
+
 def group_parts(paths: list[Path]) -> list[GGUFGroup]:
     """Single files as they are; the parts of a split GGUF as one group, listed once. A split model whose parts
     are not all there is one group with a problem (it cannot be loaded)."""

@@ -31,8 +31,6 @@ SOURCE_PATH = "path"  # a --model-path / OFFLOAD_MODELS_PATH directory
 SOURCE_OLLAMA = "ollama"
 SOURCE_HF = "huggingface"
 SOURCE_LMSTUDIO = "lmstudio"
-# When two sources propose one name, the first here wins (the store before all of them).
-SOURCE_ORDER = (SOURCE_PATH, SOURCE_OLLAMA, SOURCE_HF, SOURCE_LMSTUDIO)
 SOURCE_LABELS: Mapping[str, str] = MappingProxyType(
     {
         SOURCE_STORE: "the store",
@@ -78,7 +76,6 @@ class GGUFSummary:
 class FileCheck:
     """The outcome of `check_files`: a summary when every part is a valid GGUF, else the first problem."""
 
-    key: FileKey
     size: int
     modified_at: datetime
     summary: GGUFSummary | None
@@ -159,7 +156,7 @@ def check_files(parts: tuple[Path, ...], key: FileKey) -> FileCheck:
     modified = datetime.fromtimestamp(max(item[4] for item in key) / 1e9, tz=UTC)
 
     def broken(problem: str) -> FileCheck:
-        return FileCheck(key, size, modified, None, problem)
+        return FileCheck(size, modified, None, problem)
 
     for path in parts:
         if not os.access(path, os.R_OK):
@@ -171,7 +168,7 @@ def check_files(parts: tuple[Path, ...], key: FileKey) -> FileCheck:
     if len(parts) > 1 and info.metadata.get("split.count") != len(parts):
         # llama.cpp finds the other parts through the first one's split.count; without it they are never read.
         return broken(f"{parts[0].name}: named as part 1 of {len(parts)} but its metadata does not say so")
-    return FileCheck(key, size, modified, GGUFSummary(info.architecture, info.parameter_count, info.file_type), None)
+    return FileCheck(size, modified, GGUFSummary(info.architecture, info.parameter_count, info.file_type), None)
 
 
 def identity_digest(source: str, key: FileKey | str, path: Path) -> str:

@@ -82,10 +82,10 @@ def coerce_parameter(key: str, value: Any) -> Any:
         return list(items)
     if expected is bool:
         if not isinstance(value, bool):
-            raise BadRequest(f"parameter {key!r} must be a boolean, got {_shown(value)}", param=key)
+            raise BadRequest(f"parameter {key!r} must be a boolean, got {shown(value)}", param=key)
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"parameter {key!r} must be {_article(expected)}, got {_shown(value)}", param=key)
+        raise BadRequest(f"parameter {key!r} must be {_article(expected)}, got {shown(value)}", param=key)
     if not math.isfinite(value):
         raise BadRequest(f"parameter {key!r} must be a finite number", param=key)
     if expected is int:
@@ -102,7 +102,8 @@ def _article(kind: type) -> str:
     return "an integer" if kind is int else "a number"
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut at 40 characters."""
     text = repr(value)
     return text if len(text) <= 40 else text[:40] + "..."
 

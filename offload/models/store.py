@@ -382,9 +382,7 @@ class Store:
         parsed = self._name(name)
         digest = validate_digest(model_digest)
         with self._lock(exclusive=False):
-            blob = self.blob_path(digest)
-            if not blob.is_file():
-                raise BlobNotFound(f"blob {digest} not found", param="model_digest")
+            blob = self._existing_blob(digest, "model_digest")
             info = self._read_model_blob(digest, blob)
             info, split = self._split_parts(info, split_parts)
             checked = [self._read_adapter_blob(validate_digest(a), info) for a in adapters]
@@ -427,22 +425,32 @@ class Store:
 
     # ----- internals ---------------------------------------------------------------------------------
 
+    def _existing_blob(self, digest: str, param: str, what: str = "blob") -> Path:
+        """The path of blob `digest`; BlobNotFound naming the request field `param` when it is not there."""
+        blob = self.blob_path(digest)
+        if not blob.is_file():
+            raise BlobNotFound(f"{what} {digest} not found", param=param)
+        return blob
+
+    def _drop_unless_used(self, digest: str, blob: Path) -> None:
+        """Remove a blob no model can be built from, unless a manifest uses it: an uploaded blob nobody
+        references would otherwise stay forever."""
+        if digest not in self._referenced_digests():
+            blob.unlink(missing_ok=True)
+
     def _read_model_blob(self, digest: str, blob: Path) -> gguf.GGUFFile:
         """read_gguf(blob). An invalid GGUF is removed unless a manifest uses it: no model can be built from
         it, and an uploaded blob nobody references would otherwise stay forever. Raises InvalidGGUF."""
         try:
             return gguf.read_gguf(blob)
         except InvalidGGUF:
-            if digest not in self._referenced_digests():
-                blob.unlink(missing_ok=True)
+            self._drop_unless_used(digest, blob)
             raise
 
     def _read_adapter_blob(self, digest: str, base: gguf.GGUFFile) -> StoredAdapter:
         """The adapter blob `digest`, checked against `base` (see _read_model_blob for why a bad one is removed).
         Raises BlobNotFound or InvalidAdapter."""
-        blob = self.blob_path(digest)
-        if not blob.is_file():
-            raise BlobNotFound(f"adapter blob {digest} not found", param="adapters")
+        blob = self._existing_blob(digest, "adapters", "adapter blob")
         try:
             try:
                 info = gguf.read_gguf(blob)
@@ -450,8 +458,7 @@ class Store:
                 raise InvalidAdapter(f"adapter {digest} is not a valid GGUF: {exc.message}", param="adapters") from exc
             check_adapter(info, base, label=f"adapter {digest}")
         except InvalidAdapter:
-            if digest not in self._referenced_digests():
-                blob.unlink(missing_ok=True)
+            self._drop_unless_used(digest, blob)
             raise
         return StoredAdapter(digest, blob, blob.stat().st_size)
 
@@ -462,9 +469,7 @@ class Store:
         parts: list[tuple[str, int]] = []
         infos: list[gguf.GGUFFile] = []
         for digest in map(validate_digest, digests):
-            blob = self.blob_path(digest)
-            if not blob.is_file():
-                raise BlobNotFound(f"blob {digest} not found", param="split_parts")
+            blob = self._existing_blob(digest, "split_parts")
             infos.append(self._read_model_blob(digest, blob))
             parts.append((digest, blob.stat().st_size))
         return (gguf.merge_split(first, infos) if infos else first), tuple(parts)
