@@ -84,7 +84,7 @@ def plan_for(
 
     if parallel is not None:
         return plan_with(parallel)
-    return auto_parallel(plan_with, min(n_ctx, gguf.context_length) if gguf.context_length else n_ctx)
+    return auto_parallel(plan_with, n_ctx, gguf.context_length)
 
 
 def render(model: str, p: Plan) -> str:

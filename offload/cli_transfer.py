@@ -156,7 +156,8 @@ def show_statuses(lines: Generator[dict[str, Any], None, None], console: Console
                 if key not in tasks:
                     # Starts where a resumed pull is, so the speed and time left count only what moves now.
                     tasks[key] = bar.add_task(status, total=total, completed=done)
-                bar.update(tasks[key], completed=done)
+                else:
+                    bar.update(tasks[key], completed=done)
             elif status and status != last:
                 bar.console.print(status, markup=False, highlight=False)
             last = status

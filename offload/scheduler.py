@@ -134,7 +134,7 @@ class Scheduler:
     ) -> None:
         self.settings = settings
         self._factory = runner_factory
-        self._verify = verify  # Store.verify: the GGUF still matches its digest (blocking); None: not checked
+        self._verify = verify  # catalog.verify: the GGUF still matches its digest (blocking); None: not checked
         self._plan_factory = plan_factory
         self._snapshot = snapshot_factory
         self._plan: BackendPlan | None = None
@@ -484,7 +484,6 @@ class Scheduler:
         forced = None
         if not cpu and self._layers_forced(num_gpu):
             forced = gpu_layers_for(candidate.backend, num_gpu, self.settings.gpu_layers)
-        wanted = min(n_ctx, gguf.context_length) if gguf.context_length else n_ctx
 
         def plan_with(slots: int) -> MemoryPlan:
             return plan_memory(
@@ -504,12 +503,12 @@ class Scheduler:
 
         if cpu:
             try:
-                return None, auto_parallel(plan_with, wanted).parallel
+                return None, auto_parallel(plan_with, n_ctx, gguf.context_length).parallel
             except PlanRefused:  # not even one slot fits: planned and placed as num_parallel 1 would be
                 return None, 1
         if fixed:
             return plan_with(fixed), fixed
-        chosen = auto_parallel(plan_with, wanted)
+        chosen = auto_parallel(plan_with, n_ctx, gguf.context_length)
         return chosen, chosen.parallel
 
     def _layers_forced(self, num_gpu: int | None) -> bool:

@@ -14,7 +14,6 @@ import uvicorn
 from offload.api.app import create_app
 from offload.config import Settings, process_environ
 from offload.models import catalog
-from offload.models.catalog import discovery_for
 from offload.models.store import Store
 from offload.scheduler import Scheduler
 
@@ -28,7 +27,7 @@ def serve(settings: Settings) -> None:
     )
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.models_dir)
-    discovery = discovery_for(settings, process_environ(), Path.home())
+    discovery = catalog.discovery_for(settings, process_environ(), Path.home())
     scheduler = Scheduler(settings, verify=functools.partial(catalog.verify, store, discovery))
     scheduler.prepare()  # logs the backend plan: what will run where, before the first request
     app = create_app(settings, store, scheduler, discovery)

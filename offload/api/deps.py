@@ -112,17 +112,13 @@ class AppState:
             return None
         return await anyio.to_thread.run_sync(self.discovery.scan)
 
-    def verify(self, model: StoredModel) -> None:
-        """catalog.verify for this app's store and discovery (blocking)."""
-        catalog.verify(self.store, self.discovery, model)
-
     async def gguf(self, model: StoredModel) -> GGUFFile:
         """The GGUF metadata of a stored model, read once per GGUF digest. Raises CorruptBlob when its file changed
         on disk since it was stored (it was a valid GGUF then), else InvalidGGUF."""
         try:
             return await self.gguf_by_digest(model.model_digest, model.model_path)
         except InvalidGGUF:
-            await anyio.to_thread.run_sync(self.verify, model)
+            await anyio.to_thread.run_sync(catalog.verify, self.store, self.discovery, model)
             raise
 
     async def gguf_by_digest(self, digest: str, path: Path) -> GGUFFile:

@@ -31,11 +31,10 @@ from offload.api.errors import internal_error, ollama_body, public
 from offload.api.streaming import ndjson, streaming_response
 from offload.api.wire import OllamaPull
 from offload.errors import BadRequest, OffloadError
-from offload.models import hf_pull, starter
-from offload.models.hf_hub import HubConfig
+from offload.models import starter
 from offload.models.hf_names import parse_hub_name
-from offload.models.hf_pull import PullStatus, Report
 from offload.models.names import parse_name
+from offload.models.pull_status import PullStatus, Report
 from offload.models.store import StoredModel
 
 log = logging.getLogger(__name__)
@@ -72,6 +71,10 @@ async def _plan(state: AppState, target: str) -> Work:
             f"{starter.STARTER_NAME}. Or import a GGUF with /api/blobs and /api/create.",
             param="model",
         )
+    # Here, not at the top: huggingface_hub is a tenth of a second of every server start otherwise.
+    from offload.models import hf_pull
+    from offload.models.hf_hub import HubConfig
+
     hub = HubConfig.from_environment()
     planned = await anyio.to_thread.run_sync(hf_pull.plan, hub, ref, hf_pull.machine_memory)
     return partial(hf_pull.pull, planned, hub, state.store)

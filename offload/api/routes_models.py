@@ -23,7 +23,7 @@ from offload.api.pull import NDJSON, pull_response
 from offload.api.streaming import ndjson, streaming_response
 from offload.api.wire import ModelRef, OllamaCopy, OllamaCreate, OllamaPull, OllamaShow
 from offload.errors import BadRequest, OffloadError
-from offload.models.catalog import adopt, as_stored, found_of, lookup, source_label
+from offload.models.catalog import adopt, as_stored, found_of, lookup, served_found, source_label
 from offload.models.found import SOURCE_LABELS, SOURCE_STORE
 from offload.models.gguf import GGUFFile, describe
 from offload.models.names import validate_digest
@@ -54,13 +54,13 @@ async def tags(request: Request) -> Response:
     scan = await state.scan()
     if scan is None:
         return JSONResponse({"models": entries})
-    stored = {model.name for model in models}
+    served = served_found(models, scan.models)
+    for found in served:
+        entry = ollama.tag_entry(as_stored(found), ollama.model_details(found.summary))
+        entries.append({**entry, "offload": {"source": found.source, "path": str(found.path)}})
+    listed = {id(found) for found in served}
     unusable = []
-    for found in scan.models:
-        if found.usable and found.name not in stored:
-            entry = ollama.tag_entry(as_stored(found), ollama.model_details(found.summary))
-            entries.append({**entry, "offload": {"source": found.source, "path": str(found.path)}})
-            continue
+    for found in (model for model in scan.models if id(model) not in listed):
         winner = SOURCE_LABELS[found.shadowed_by or SOURCE_STORE]
         reason = found.problem or f"shadowed by the model of the same name in {winner}"
         unusable.append({"name": found.label, "source": found.source, "path": str(found.path), "reason": reason})

@@ -27,7 +27,7 @@ from offload.api.streaming import (
 from offload.api.wire import OpenAIChat, OpenAICompletion, OpenAIEmbeddings
 from offload.errors import BadRequest, OffloadError
 from offload.generation import Chunk, EmbedRequest, GenerateRequest
-from offload.models.catalog import as_stored, lookup
+from offload.models.catalog import as_stored, lookup, served_found
 from offload.models.store import StoredModel
 from offload.models.templates import render_chat, select_template
 
@@ -196,8 +196,7 @@ async def list_models(request: Request) -> Response:
     models = await anyio.to_thread.run_sync(state.store.list)
     scan = await state.scan()
     if scan is not None:  # then the usable models found on disk, as /api/tags lists them
-        names = {model.name for model in models}
-        models += [as_stored(found) for found in scan.models if found.usable and found.name not in names]
+        models += [as_stored(found) for found in served_found(models, scan.models)]
     return JSONResponse(openai.model_list(models))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,13 @@ def as_stored(found: FoundModel) -> FoundStoredModel:
         license=found.license,
         found=found,
     )
+
+
+def served_found(stored: Sequence[StoredModel], found: Sequence[FoundModel]) -> list[FoundModel]:
+    """The found models listed as served beside the store's: usable, and not named like a stored model (the
+    store's wins, as in `resolve`)."""
+    names = {model.name for model in stored}
+    return [model for model in found if model.usable and model.name not in names]
 
 
 def resolve(store: Store, discovery: Discovery | None, name: str) -> StoredModel:

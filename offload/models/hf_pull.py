@@ -25,6 +25,7 @@ from offload.models.hf_hub import HubConfig, Repo, Source
 from offload.models.hf_names import HubRef
 from offload.models.hf_select import Candidate, HubFile, candidates, choose
 from offload.models.partial import PartialBlob
+from offload.models.pull_status import PullStatus, Report
 from offload.models.store import Store, StoredModel
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,6 @@ log = logging.getLogger(__name__)
 _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
 
 
-@dataclass(frozen=True, slots=True)
-class PullStatus:
-    """One of Ollama's pull status lines."""
-
-    status: str
-    digest: str | None = None
-    total: int | None = None
-    completed: int | None = None
-
-
-Report = Callable[[PullStatus], None]
 
 
 @dataclass(frozen=True, slots=True)

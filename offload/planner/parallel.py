@@ -23,11 +23,12 @@ _FEWER = (AUTO_PARALLEL, 2)  # tried in this order before one slot
 PlanWith = Callable[[int], Plan]  # the plan for a slot count; PlanRefused when nothing fits
 
 
-def auto_parallel(plan_with: PlanWith, wanted_ctx: int) -> Plan:
-    """The plan for the most slots (4, 2, else 1) that keep the one-slot plan's GPU layers and `wanted_ctx` per
-    slot (the context asked for, clamped to the model's trained context as the planner clamps it).
+def auto_parallel(plan_with: PlanWith, n_ctx: int, context_length: int | None = None) -> Plan:
+    """The plan for the most slots (4, 2, else 1) that keep the one-slot plan's GPU layers and the context asked
+    for (`n_ctx`) per slot, clamped to the model's trained `context_length` (None: unknown) as the planner clamps it.
 
     PlanRefused from the one-slot plan propagates: that is the refusal num_parallel 1 would get."""
+    wanted_ctx = min(n_ctx, context_length) if context_length else n_ctx
     one = plan_with(1)
     for slots in _FEWER:
         try:

@@ -15,7 +15,7 @@ from offload.models import hf_pull
 from offload.models.gguf import read_gguf
 from offload.models.hf_hub import HubConfig
 from offload.models.hf_names import HubRef, parse_hub_name
-from offload.models.hf_pull import PullStatus
+from offload.models.pull_status import PullStatus
 from offload.models.store import Store, StoredModel
 from tests.blackbox.server import free_port
 from tests.fakes.huggingface import FakeHub
