@@ -148,6 +148,9 @@ class Discovery:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: tuple[float, Scan] | None = None
+        # Used by scans (under _lock) and by recheck (a load, not under it): its own lock, held only to read and
+        # write it, never while a file is read.
+        self._checks_lock = threading.Lock()
         self._checks: OrderedDict[FileKey, FileCheck] = OrderedDict()
 
     @property
@@ -174,10 +177,7 @@ class Discovery:
         """`found` checked again now (before a load: the file may have changed since the scan). Raises
         FoundModelBroken when it no longer passes."""
         key = file_key(found.parts)
-        problem = key if isinstance(key, str) else None
-        if not isinstance(key, str):
-            check = self._check(found.parts, key)
-            problem = check.problem
+        problem = key if isinstance(key, str) else self._check(found.parts, key).problem
         if problem is not None:
             raise broken_error(dataclasses.replace(found, problem=problem))
         return found
@@ -208,7 +208,8 @@ class Discovery:
         if isinstance(key, str):
             problem = problem or key
         elif problem is None:
-            check = self._checks.get(key)
+            with self._checks_lock:
+                check = self._checks.get(key)
             if check is None and budget.ok():
                 check = self._check(candidate.parts, key)
             stopped = f"not checked yet: the scan stopped after {budget.exhausted}"
@@ -235,14 +236,16 @@ class Discovery:
         )
 
     def _check(self, parts: tuple[Path, ...], key: FileKey) -> FileCheck:
-        cached = self._checks.get(key)
-        if cached is not None:
-            self._checks.move_to_end(key)
-            return cached
+        with self._checks_lock:
+            cached = self._checks.get(key)
+            if cached is not None:
+                self._checks.move_to_end(key)
+                return cached
         check = check_files(parts, key)
-        self._checks[key] = check
-        while len(self._checks) > _CHECK_CACHE_SIZE:
-            self._checks.popitem(last=False)
+        with self._checks_lock:
+            self._checks[key] = check
+            while len(self._checks) > _CHECK_CACHE_SIZE:
+                self._checks.popitem(last=False)
         return check
 
 
